@@ -1,0 +1,25 @@
+# mole-exp: the two set-up commands are `make install` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SMOKE_ARGS := task=nli composer=mole model=tiny experts=tiny trainer=cpu trainer.max_steps=20 data.eval_limit=16
+
+.PHONY: install test test-all smoke lint clean-outputs
+
+install:  ## create .venv and install the package with its dev extras (torch 2.13 from the local wheel)
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "torch==2.13.*"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+
+test:  ## the default suite (CPU, offline; slow and GPU tests deselected)
+	$(BIN)/python -m pytest -q
+
+test-all:  ## everything, slow tests included
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+smoke:  ## MoLE gates on the tiny T5 over the real NLI data, 20 steps, offline
+	HF_HUB_OFFLINE=1 $(BIN)/python train.py $(SMOKE_ARGS)
+
+lint:
+	$(BIN)/ruff check mole_exp scripts tests train.py eval.py

@@ -1,0 +1,109 @@
+"""The Composer interface: turn (frozen base, ExpertBank) into a composed model.
+
+Every composition method is one module here, built from `conf/composer/<name>.yaml` and registered by
+name. The pipeline treats them all alike:
+
+    trainable = composer.compose(base, bank)     # inject gates or merge weights; return what trains
+    composer.search(search_data)                 # gradient-free fitting (LoRAHub, PEMs); no-op otherwise
+    ... Lightning fits `trainable` when it is not empty, adding composer.auxiliary_losses() ...
+    composer.prepare_inference()                 # e.g. apply an expert mask
+    ... the one evaluator generates with base.model ...
+    composer.summary()                           # what to record in metrics.json
+
+A composer never reads task configuration; the pipeline hands it only what it needs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from mole_exp.experts import ExpertBank
+from mole_exp.models import BaseModel
+
+COMPOSERS: dict[str, type[Composer]] = {}
+
+
+def register_composer(name: str) -> Callable[[type[Composer]], type[Composer]]:
+    def register(cls: type[Composer]) -> type[Composer]:
+        if name in COMPOSERS:
+            raise ValueError(f"composer {name!r} registered twice")
+        cls.name = name
+        COMPOSERS[name] = cls
+        return cls
+
+    return register
+
+
+@dataclass
+class SearchData:
+    """What a gradient-free composer may use: the training mixture's examples and a loss to score them.
+
+    `loss(examples)` is the mean token cross-entropy of the current model on (source, target) pairs.
+    """
+
+    train_examples: list[dict[str, Any]]
+    validation_examples: list[dict[str, Any]]
+    loss: Callable[[list[dict[str, Any]]], float]
+    score: Callable[[list[dict[str, Any]]], float] | None = None  # task metric (higher is better), if given
+    seed: int = 0
+
+
+class Composer(ABC):
+    name: ClassVar[str] = "?"
+    trains: ClassVar[bool] = False  # fits parameters by gradient (the pipeline runs Lightning)
+    searches: ClassVar[bool] = False  # fits by gradient-free search (the pipeline calls `search`)
+
+    @property
+    def needs_training_data(self) -> bool:
+        return self.trains or self.searches
+
+    @property
+    def needs_search(self) -> bool:
+        return self.searches
+
+    def __init__(self, name: str | None = None, mask: list[str | int] | None = None):
+        if name is not None and name != self.name:
+            raise ValueError(f"composer.name={name!r} but this is the {self.name!r} composer ({type(self).__name__})")
+        self.mask_spec = list(mask) if mask else []
+        self.base: BaseModel | None = None
+        self.bank: ExpertBank | None = None
+        self.keep: list[int] | None = None
+
+    @abstractmethod
+    def compose(self, base: BaseModel, bank: ExpertBank) -> list[nn.Parameter]:
+        """Modify `base.model` in place; return the parameters that gradient training should fit."""
+
+    def _resolve_mask(self, bank: ExpertBank) -> None:
+        if self.mask_spec:
+            masked = set(bank.indices(self.mask_spec, "composer.mask"))
+            self.keep = [i for i in range(len(bank)) if i not in masked]
+            if not self.keep:
+                raise ValueError(f"composer.mask={self.mask_spec} masks all {len(bank)} experts; keep at least one")
+
+    def search(self, data: SearchData) -> dict[str, Any]:
+        """Gradient-free fitting; returns a log to record. Default: nothing to search."""
+        return {}
+
+    def auxiliary_losses(self) -> dict[str, tuple[float, torch.Tensor]]:
+        """Extra training losses after a forward pass: name -> (weight, value)."""
+        return {}
+
+    def training_statistics(self) -> dict[str, Any]:
+        """Per-step statistics to log (e.g. gate entropy); called after auxiliary_losses."""
+        return {}
+
+    def trainable_module(self) -> nn.Module | None:
+        """The module whose parameters train (saved as the checkpoint)."""
+        return None
+
+    def prepare_inference(self) -> None:
+        """Called once after fitting, before evaluation."""
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "experts": list(self.bank.names) if self.bank else [], "mask": self.mask_spec}

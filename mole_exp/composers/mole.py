@@ -1,0 +1,127 @@
+"""MoLE: learned gates over frozen LoRA experts (Wu, Huang & Wei, ICLR 2024).
+
+Each adapted linear becomes a MoLELinear; gates are created per scope of the chosen granularity
+(`matrix` / `layer` / `block` / `network`, see `ModelFamily.scope`) and only they train.
+Loss: task loss + alpha * L_balance (Eq. 16), with L_balance from the gate weights of the pass (Eq. 14-15).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from mole_exp.composers.base import Composer, register_composer
+from mole_exp.experts import ExpertBank
+from mole_exp.family import GRANULARITIES
+from mole_exp.gates import IMPLEMENTATIONS, Gate
+from mole_exp.layers import MoLELinear
+from mole_exp.models import BaseModel
+from mole_exp.routing import Router
+
+
+def inject_mole(base: BaseModel, bank: ExpertBank, gate_cfg: dict[str, Any], implementation: str = "rank_space") -> Router:
+    """Replace every adapted linear of `base.model` by a MoLELinear and attach the gates as `mole_gate`."""
+    granularity = gate_cfg.get("granularity", "layer")
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"gate.granularity={granularity!r} is not one of {list(GRANULARITIES)}")
+    model, family = base.model, base.family
+    if hasattr(model, "mole_gate"):
+        raise ValueError("this model already has MoLE gates; compose a fresh base")
+    input_form = gate_cfg.get("input_form", "concat")
+    # order the adapted linears as the model runs them (named_modules order is execution order for T5)
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    module_names = sorted(bank.targets, key=order.__getitem__)
+    gates: dict[str, Gate] = {}
+    gate_inputs: dict[str, str] = {}
+    for name in module_names:
+        scope = family.scope(name, granularity)
+        if scope in gates:
+            continue
+        linear = model.get_submodule(name)
+        feature_dim = linear.in_features if input_form == "hidden" else linear.out_features
+        gates[scope] = Gate(
+            num_experts=len(bank),
+            feature_dim=feature_dim,
+            input_form=input_form,
+            scope=gate_cfg.get("scope", "sequence"),
+            temperature=dict(gate_cfg.get("temperature") or {}),
+            init_std=float(gate_cfg.get("init_std", 0.0)),
+        )
+        gate_inputs[scope] = name
+    device = next(model.parameters()).device
+    for name in module_names:
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        position = family.position(name)
+        setattr(parent, leaf, MoLELinear(getattr(parent, leaf), bank.targets[name], name, family.scope(name, granularity), position.stream))
+    router = Router(gates, gate_inputs, num_experts=len(bank), implementation=implementation).to(device)
+    model.add_module("mole_gate", router)
+    router.attach(model, family.stack_modules(model))
+    return router
+
+
+@register_composer("mole")
+class MoLEComposer(Composer):
+    trains = True
+    def __init__(
+        self,
+        gate: dict[str, Any],
+        alpha: float = 0.5,
+        mask: list[str | int] | None = None,
+        implementation: str = "rank_space",
+        name: str | None = None,
+    ):
+        super().__init__(name=name, mask=mask)
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"composer.implementation={implementation!r} is not one of {list(IMPLEMENTATIONS)}")
+        if float(alpha) < 0:
+            raise ValueError(f"composer.alpha={alpha} must be >= 0 (the weight of L_balance)")
+        self.gate_cfg = dict(gate)
+        self.alpha = float(alpha)
+        self.implementation = implementation
+        self.router: Router | None = None
+
+    def compose(self, base: BaseModel, bank: ExpertBank) -> list[nn.Parameter]:
+        self.base, self.bank = base, bank
+        self._resolve_mask(bank)
+        self.router = inject_mole(base, bank, self.gate_cfg, self.implementation)
+        return [p for p in self.router.parameters() if p.requires_grad]
+
+    def trainable_module(self) -> nn.Module:
+        return self.router
+
+    def auxiliary_losses(self) -> dict[str, tuple[float, torch.Tensor]]:
+        records = self.router.records
+        if not records:
+            return {}
+        self._last_records = self.router.pop_records()
+        return {"balance_loss": (self.alpha, self.router.balance_loss(self._last_records))}
+
+    def training_statistics(self) -> dict[str, Any]:
+        records = getattr(self, "_last_records", None)
+        if not records:
+            return {}
+        stats = Router.statistics(records)
+        return {
+            "gate_entropy": sum(s["entropy"] for s in stats.values()) / len(stats),
+            "temperature": sum(float(self.router.gate(s).temperature().detach()) for s in stats) / len(stats),
+            "gates": stats,
+        }
+
+    def prepare_inference(self) -> None:
+        self.router.set_expert_mask(self.keep)
+        self.router.pop_records()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            **super().summary(),
+            "granularity": self.gate_cfg.get("granularity"),
+            "input_form": self.gate_cfg.get("input_form"),
+            "scope": self.gate_cfg.get("scope"),
+            "num_gates": len(self.router.gates) if self.router else 0,
+            "alpha": self.alpha,
+            "implementation": self.implementation,
+            "temperatures": {s: float(self.router.gate(s).temperature().detach()) for s in self.router.scopes} if self.router else {},
+        }

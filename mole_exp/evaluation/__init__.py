@@ -1,0 +1,1 @@
+"""Generation, scoring and results files: one evaluation path for every composer."""

@@ -1,0 +1,86 @@
+"""One evaluation path for every composer: generate -> post-process -> score, per dataset.
+
+The evaluator sees only a model that can `generate`, its tokenizer, and a task's examples.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from mole_exp.evaluation.metrics import AVERAGE, get_metric, metric_key, score
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationSettings:
+    batch_size: int = 32
+    num_beams: int = 1
+    max_source_length: int = 512
+    max_new_tokens: int | None = None  # None: each dataset's own setting
+    progress: bool = True
+
+
+def postprocess(texts: list[str]) -> list[str]:
+    """The single post-processing step of generated text (as transformers' run_translation does)."""
+    return [text.strip() for text in texts]
+
+
+@torch.no_grad()
+def generate(model, tokenizer, sources: list[str], max_new_tokens: int, settings: GenerationSettings, desc: str = "") -> list[str]:
+    model.eval()
+    device = next(model.parameters()).device
+    # longest first, so batches pad little; the original order is restored at the end
+    order = sorted(range(len(sources)), key=lambda i: -len(sources[i]))
+    predictions: list[str] = [""] * len(sources)
+    batches = range(0, len(order), settings.batch_size)
+    for start in tqdm(batches, desc=f"generate {desc}", disable=not settings.progress, leave=False):
+        index = order[start : start + settings.batch_size]
+        encoded = tokenizer(
+            [sources[i] for i in index], return_tensors="pt", padding=True, truncation=True, max_length=settings.max_source_length
+        ).to(device)
+        output = model.generate(**encoded, max_new_tokens=max_new_tokens, num_beams=settings.num_beams, do_sample=False)
+        for i, text in zip(index, postprocess(tokenizer.batch_decode(output, skip_special_tokens=True))):
+            predictions[i] = text
+    return predictions
+
+
+def evaluate_task(model, tokenizer, task, settings: GenerationSettings, split: str = "test") -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Metrics (keys `split/dataset/metric`, suite average `split/suite/avg`) and prediction rows."""
+    metrics: dict[str, float] = {}
+    higher_is_better: dict[str, bool] = {}
+    extras: dict[str, dict[str, Any]] = {}
+    counts: dict[str, int] = {}
+    rows: list[dict[str, Any]] = []
+    primaries = []
+    for dataset, examples in task.eval_sets().items():
+        if not examples:
+            raise ValueError(f"dataset {dataset}: the evaluation split is empty")
+        spec = task.specs[dataset]
+        max_new_tokens = settings.max_new_tokens or spec.max_new_tokens
+        predictions = generate(model, tokenizer, [e["source"] for e in examples], max_new_tokens, settings, desc=dataset)
+        references = [e["references"] for e in examples]
+        values, extra = score(spec.metric, predictions, references)
+        metric = get_metric(spec.metric)
+        for name, value in values.items():
+            key = metric_key(split, dataset, name)
+            metrics[key] = value
+            higher_is_better[key] = metric.higher_is_better[name]
+        primaries.append(values[metric.primary])
+        if extra:
+            extras[dataset] = extra
+        counts[dataset] = len(examples)
+        rows.extend(
+            {"dataset": dataset, "input": e["source"], "prediction": p, "references": e["references"], "metric": spec.metric}
+            for e, p in zip(examples, predictions)
+        )
+        log.info("%s: %s", dataset, {k: round(v, 2) for k, v in values.items()})
+    average_key = metric_key(split, task.name, AVERAGE)
+    metrics[average_key] = sum(primaries) / len(primaries)
+    higher_is_better[average_key] = True
+    return {"metrics": metrics, "higher_is_better": higher_is_better, "num_examples": counts, "extras": extras}, rows

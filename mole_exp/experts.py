@@ -1,0 +1,411 @@
+"""LoRA experts: discover PEFT adapters, validate them against the base, stack them into an ExpertBank.
+
+An adapter is a PEFT folder (`adapter_config.json` + `adapter_model.safetensors`) on disk or a Hub id.
+The bank holds, per adapted linear, the N experts stacked: `lora_A (N, r, d_in)`, `lora_B (N, d_out, r)`,
+`scaling (N,)`. Experts with a smaller rank are zero-padded to the largest rank (exact: padded rows and
+columns contribute nothing); an expert that does not adapt a module holds zeros there.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from mole_exp.hub import from_hub, is_local
+from mole_exp.models import BaseModel, weights_fingerprint
+
+log = logging.getLogger(__name__)
+
+SELECTIONS = ("first", "random")
+SOURCES = ("tiny", "library", "list")
+MANIFEST = "manifest.json"
+PACKAGED_ID_LISTS = {"lorahub": "lorahub_modules.txt"}
+
+
+@dataclass
+class TargetExperts:
+    """The N experts of one adapted linear, stacked."""
+
+    lora_A: torch.Tensor  # (N, r, d_in)
+    lora_B: torch.Tensor  # (N, d_out, r)
+    scaling: torch.Tensor  # (N,)
+
+    def select(self, indices: list[int]) -> TargetExperts:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return TargetExperts(self.lora_A[index], self.lora_B[index], self.scaling[index])
+
+    def delta_weights(self) -> torch.Tensor:
+        """Each expert's full delta s_i B_i A_i."""
+        return torch.einsum("nor,nri,n->noi", self.lora_B, self.lora_A, self.scaling)  # (N, d_out, d_in)
+
+
+@dataclass
+class ExpertBank:
+    names: list[str]
+    targets: dict[str, TargetExperts]  # module name -> stacked experts
+    sources: list[str]
+    adapter_configs: list[dict[str, Any]] = field(default_factory=list)
+    manifest_entries: list[dict[str, Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def rank(self) -> int:
+        return max(t.lora_A.shape[1] for t in self.targets.values())
+
+    def indices(self, names_or_indices: list[str | int], what: str = "composer.mask") -> list[int]:
+        """Resolve expert names or integer indices; unknown ones raise naming what is allowed."""
+        resolved = []
+        for item in names_or_indices:
+            if isinstance(item, int) or (isinstance(item, str) and item.lstrip("-").isdigit()):
+                index = int(item)
+                if not 0 <= index < len(self):
+                    raise ValueError(f"{what}: expert index {index} is out of range; allowed 0..{len(self) - 1}")
+                resolved.append(index)
+            elif item in self.names:
+                resolved.append(self.names.index(item))
+            else:
+                raise ValueError(f"{what}: unknown expert {item!r}; the composed experts are {self.names}")
+        return resolved
+
+    def select(self, indices: list[int]) -> ExpertBank:
+        return ExpertBank(
+            names=[self.names[i] for i in indices],
+            targets={name: t.select(indices) for name, t in self.targets.items()},
+            sources=[self.sources[i] for i in indices],
+            adapter_configs=[self.adapter_configs[i] for i in indices] if self.adapter_configs else [],
+            manifest_entries=[self.manifest_entries[i] for i in indices] if self.manifest_entries else [],
+        )
+
+    def restrict_depth(self, layer_range: tuple[float, float], base: BaseModel) -> ExpertBank:
+        """Keep only the adapted linears whose block lies inside `layer_range` (fractions of depth).
+
+        See `ModelFamily.depth_fraction`: each stack is counted on its own, from its input end (0.0) to
+        its output end (1.0); a block is kept when its centre lies in [start, end].
+        """
+        start, end = layer_range
+        kept = {}
+        for name, experts in self.targets.items():
+            block_start, block_end = base.family.depth_fraction(base.model, name)
+            centre = (block_start + block_end) / 2
+            if start <= centre <= end:
+                kept[name] = experts
+        if not kept:
+            raise ValueError(f"experts.layer_range={list(layer_range)} keeps no adapted module of this model")
+        return ExpertBank(self.names, kept, self.sources, self.adapter_configs, self.manifest_entries)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ExpertBank:
+        moved = {
+            name: TargetExperts(
+                t.lora_A.to(device=device, dtype=dtype),
+                t.lora_B.to(device=device, dtype=dtype),
+                t.scaling.to(device=device, dtype=dtype),
+            )
+            for name, t in self.targets.items()
+        }
+        return ExpertBank(self.names, moved, self.sources, self.adapter_configs, self.manifest_entries)
+
+
+# ---------------------------------------------------------------- reading one PEFT adapter
+
+
+def _alpha_for(module: str, config: dict[str, Any]) -> float:
+    for pattern, alpha in (config.get("alpha_pattern") or {}).items():
+        if re.fullmatch(rf"(.*\.)?{pattern}", module):
+            return float(alpha)
+    return float(config["lora_alpha"])
+
+
+def read_adapter(source: str) -> tuple[dict[str, Any], dict[str, tuple[torch.Tensor, torch.Tensor, float]]]:
+    """Read one PEFT LoRA adapter: (its config, {module name: (A (r, d_in), B (d_out, r), scaling)})."""
+    from peft.utils import load_peft_weights
+
+    if is_local(source):
+        folder = Path(source)
+        if not (folder / "adapter_config.json").exists():
+            raise ValueError(f"adapter folder {folder} has no adapter_config.json (not a PEFT adapter)")
+        if not any((folder / f).exists() for f in ("adapter_model.safetensors", "adapter_model.bin")):
+            raise ValueError(f"adapter folder {folder} has no adapter_model.safetensors (or .bin) weights file")
+        config = _read_json(folder / "adapter_config.json", "adapter config")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        config_path = from_hub("adapter", source, lambda: hf_hub_download(source, "adapter_config.json"))
+        config = _read_json(Path(config_path), "adapter config")
+    if config.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"adapter {source}: peft_type={config.get('peft_type')!r}; only LORA adapters can be composed")
+    for unsupported in ("use_dora",):
+        if config.get(unsupported):
+            raise ValueError(f"adapter {source}: {unsupported}=true is not supported (plain LoRA only)")
+    if config.get("lora_bias"):
+        raise ValueError(f"adapter {source}: lora_bias=true is not supported (plain LoRA only)")
+    try:
+        state = from_hub("adapter", source, lambda: load_peft_weights(source, device="cpu"))
+    except Exception as error:  # safetensors raises its own error type on a corrupt file
+        if type(error).__name__ in ("SafetensorError", "HeaderTooLarge", "UnpicklingError", "RuntimeError"):
+            raise ValueError(f"adapter {source}: its weights file cannot be read ({error})") from error
+        raise
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        match = re.fullmatch(r"(?:base_model\.model\.)?(?P<module>.+)\.(?P<part>lora_A|lora_B)(?:\.[^.]+)?\.weight", key)
+        if match is None:
+            raise ValueError(f"adapter {source}: unexpected tensor {key!r} (only lora_A / lora_B weights are supported)")
+        modules.setdefault(match["module"], {})[match["part"]] = tensor
+    result = {}
+    use_rslora = bool(config.get("use_rslora"))
+    for module, parts in modules.items():
+        if set(parts) != {"lora_A", "lora_B"}:
+            raise ValueError(f"adapter {source}: module {module} has {sorted(parts)}, needs both lora_A and lora_B")
+        lora_A, lora_B = parts["lora_A"], parts["lora_B"]
+        rank = lora_A.shape[0]
+        if lora_B.shape[1] != rank:
+            raise ValueError(f"adapter {source}: module {module} has lora_A rank {rank} but lora_B {tuple(lora_B.shape)}")
+        alpha = _alpha_for(module, config)
+        scaling = alpha / (rank**0.5) if use_rslora else alpha / rank
+        result[module] = (lora_A.float(), lora_B.float(), scaling)
+    if not result:
+        raise ValueError(f"adapter {source}: holds no LoRA weights")
+    return config, result
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{what} {path} is not valid JSON ({error})") from error
+
+
+def validate_against_base(source: str, modules: dict[str, tuple], config: dict, base: BaseModel) -> None:
+    named = dict(base.model.named_modules())
+    for module, (lora_A, lora_B, _) in modules.items():
+        if module not in named:
+            example = next(iter(n for n, m in named.items() if isinstance(m, nn.Linear) and "block" in n), "")
+            raise ValueError(
+                f"adapter {source} targets module {module!r}, which the base model {base.model_id} does not have "
+                f"(adapter made for {config.get('base_model_name_or_path')!r}?; base modules look like {example!r})"
+            )
+        layer = named[module]
+        if not isinstance(layer, nn.Linear):
+            raise ValueError(f"adapter {source} targets {module!r}, a {type(layer).__name__}; only nn.Linear is supported")
+        base.family.position(module)  # a block linear of this family, or a clear error
+        if lora_A.shape[1] != layer.in_features or lora_B.shape[0] != layer.out_features:
+            raise ValueError(
+                f"adapter {source}: module {module} has shapes A {tuple(lora_A.shape)}, B {tuple(lora_B.shape)} but the "
+                f"base layer is {layer.out_features} x {layer.in_features} (adapter made for "
+                f"{config.get('base_model_name_or_path')!r}, base is {base.model_id})"
+            )
+
+
+def stack_experts(
+    names: list[str], sources: list[str], adapters: list[tuple[dict, dict]], base: BaseModel
+) -> ExpertBank:
+    """Stack per-adapter weights into per-module tensors (zero-padding ranks and absent modules)."""
+    all_modules = sorted({m for _, modules in adapters for m in modules})
+    named = dict(base.model.named_modules())
+    dtype = next(base.model.parameters()).dtype
+    targets: dict[str, TargetExperts] = {}
+    for module in all_modules:
+        layer = named[module]
+        rank = max(modules[module][0].shape[0] for _, modules in adapters if module in modules)
+        n = len(adapters)
+        lora_A = torch.zeros(n, rank, layer.in_features)
+        lora_B = torch.zeros(n, layer.out_features, rank)
+        scaling = torch.zeros(n)
+        for i, (_, modules) in enumerate(adapters):
+            if module in modules:
+                a, b, s = modules[module]
+                lora_A[i, : a.shape[0]] = a
+                lora_B[i, :, : b.shape[1]] = b
+                scaling[i] = s
+        targets[module] = TargetExperts(lora_A.to(dtype), lora_B.to(dtype), scaling.to(dtype))
+    missing = [(names[i], len(all_modules) - len(modules)) for i, (_, modules) in enumerate(adapters) if len(modules) < len(all_modules)]
+    if missing:
+        log.warning("experts adapt different module sets; zeros stand in where an expert has none: %s", missing)
+    return ExpertBank(names=names, targets=targets, sources=sources, adapter_configs=[c for c, _ in adapters])
+
+
+# ---------------------------------------------------------------- libraries and selection
+
+
+def packaged_id_list(name: str) -> list[str]:
+    if name not in PACKAGED_ID_LISTS:
+        raise ValueError(f"experts.ids_file={name!r}: not a file and not a packaged list {sorted(PACKAGED_ID_LISTS)}")
+    text = resources.files("mole_exp.resources").joinpath(PACKAGED_ID_LISTS[name]).read_text()
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def read_library(folder: str | Path) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    """(name, path) of every adapter in a library folder, and its manifest ({} when it has none)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"experts.library_dir={str(folder)!r} is not a folder")
+    manifest: dict[str, Any] = {}
+    if (folder / MANIFEST).exists():
+        manifest = _read_json(folder / MANIFEST, "library manifest")
+        entries = [(a["name"], str(folder / a.get("path", a["name"]))) for a in manifest.get("adapters", [])]
+    else:
+        entries = sorted((p.name, str(p)) for p in folder.iterdir() if (p / "adapter_config.json").exists())
+    if not entries:
+        raise ValueError(f"experts.library_dir={str(folder)!r} holds no PEFT adapters (no */adapter_config.json)")
+    return entries, manifest
+
+
+def choose(entries: list[tuple[str, str]], count: int | None, selection: str, seed: int, where: str) -> list[tuple[str, str]]:
+    if selection not in SELECTIONS:
+        raise ValueError(f"experts.selection={selection!r} is not one of {list(SELECTIONS)}")
+    if count is None:
+        return list(entries)
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise ValueError(f"experts.count={count!r} must be a positive integer or null (all)")
+    if not 1 <= count <= len(entries):
+        raise ValueError(f"experts.count={count} but the library at {where} holds {len(entries)} adapters (allowed 1..{len(entries)})")
+    if selection == "first":
+        return list(entries[:count])
+    rng = random.Random(seed)
+    return sorted(rng.sample(list(entries), count), key=entries.index)
+
+
+def check_manifest(manifest: dict[str, Any], base: BaseModel, where: str) -> None:
+    expected = manifest.get("base_model_id")
+    if expected is not None and expected != base.model_id:
+        raise ValueError(
+            f"the library at {where} was trained on base {expected!r} but the base model is {base.model_id!r}; "
+            f"choose the matching model= option or another library"
+        )
+    fingerprint = manifest.get("base_fingerprint")
+    if fingerprint is not None and fingerprint != weights_fingerprint(base.model):
+        raise ValueError(
+            f"the library at {where} was trained on a base with weights fingerprint {fingerprint} but the loaded "
+            f"base {base.model_id!r} has {weights_fingerprint(base.model)} (same name, different weights)"
+        )
+
+
+def resolve_entries(cfg: Any, base: BaseModel) -> tuple[list[tuple[str, str]], dict[str, Any], str]:
+    """The adapters the experts config names, before reading any weights: [(name, source)], manifest, where."""
+    source = cfg.get("source")
+    if source not in SOURCES:
+        raise ValueError(f"experts.source={source!r} is not one of {list(SOURCES)}")
+    manifest: dict[str, Any] = {}
+    if source == "tiny":
+        folder = ensure_tiny_library(base, cfg.library_dir, **dict(cfg.tiny))
+        entries, manifest = read_library(folder)
+        where = str(folder)
+    elif source == "library":
+        entries, manifest = read_library(cfg.library_dir)
+        where = str(cfg.library_dir)
+    else:
+        ids = list(cfg.get("ids") or [])
+        ids_file = cfg.get("ids_file")
+        if ids_file:
+            path = Path(str(ids_file))
+            if path.exists():
+                ids += [l.strip() for l in path.read_text().splitlines() if l.strip() and not l.startswith("#")]
+            else:
+                ids += packaged_id_list(str(ids_file))
+        if not ids:
+            raise ValueError("experts.source=list needs experts.ids (Hub ids or folders) or experts.ids_file")
+        entries = [(_short_name(i), i) for i in ids]
+        where = str(ids_file or "experts.ids")
+    if manifest:
+        check_manifest(manifest, base, where)
+    chosen = choose(entries, cfg.get("count"), cfg.get("selection", "first"), int(cfg.get("seed", 0)), where)
+    return chosen, manifest, where
+
+
+def _short_name(source: str) -> str:
+    return source.rstrip("/").split("/")[-1]
+
+
+def load_experts(cfg: Any, base: BaseModel) -> ExpertBank:
+    """Build the ExpertBank an `experts` config describes, validated against `base`."""
+    entries, manifest, _ = resolve_entries(cfg, base)
+    adapters = []
+    for name, source in entries:
+        config, modules = read_adapter(source)
+        validate_against_base(source, modules, config, base)
+        declared = config.get("base_model_name_or_path")
+        if declared and declared != base.model_id and not manifest:
+            log.info("adapter %s declares base %r; composing on %r", name, declared, base.model_id)
+        adapters.append((config, modules))
+    bank = stack_experts([n for n, _ in entries], [s for _, s in entries], adapters, base)
+    by_name = {a["name"]: a for a in manifest.get("adapters", [])}
+    bank.manifest_entries = [by_name.get(n, {}) for n in bank.names]
+    layer_range = cfg.get("layer_range")
+    if layer_range is not None:
+        layer_range = tuple(float(x) for x in layer_range)
+        if len(layer_range) != 2 or not 0.0 <= layer_range[0] < layer_range[1] <= 1.0:
+            raise ValueError(f"experts.layer_range={list(layer_range)} must be [start, end] with 0 <= start < end <= 1")
+        bank = bank.restrict_depth(layer_range, base)
+    return bank
+
+
+# ---------------------------------------------------------------- the tiny library (made by PEFT itself)
+
+
+def ensure_tiny_library(
+    base: BaseModel,
+    library_dir: str,
+    num_adapters: int = 8,
+    rank: int = 4,
+    alpha: int = 8,
+    targets: list[str] | tuple[str, ...] = ("q", "v"),
+    seed: int = 0,
+) -> Path:
+    """A library of seeded random PEFT LoRA adapters for a tiny base, generated on first use and cached."""
+    from peft import LoraConfig, get_peft_model
+
+    spec = {"base_model_id": base.model_id, "n": num_adapters, "r": rank, "alpha": alpha, "targets": list(targets), "seed": seed}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    folder = Path(os.path.expanduser(str(library_dir))) / key
+    if (folder / MANIFEST).exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
+    adapters = []
+    rng_state = torch.random.get_rng_state()
+    try:
+        for i in range(num_adapters):
+            name = f"tiny_expert_{i:02d}"
+            torch.manual_seed(seed * 10_000 + i)
+            peft_model = get_peft_model(
+                copy.deepcopy(base.model),
+                LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, init_lora_weights=False),
+            )
+            peft_model.peft_config["default"].base_model_name_or_path = base.model_id
+            peft_model.save_pretrained(str(staging / name), save_embedding_layers=False)
+            adapters.append({"name": name, "path": name, "task": name, "rank": rank, "targets": list(targets)})
+        manifest = {
+            "kind": "tiny-random",
+            "base_model_id": base.model_id,
+            "base_fingerprint": weights_fingerprint(base.model),
+            "adapters": adapters,
+            **{k: v for k, v in spec.items() if k != "base_model_id"},
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        try:
+            os.rename(staging, folder)
+        except OSError:  # another process made it first: theirs is equivalent (same seed)
+            shutil.rmtree(staging, ignore_errors=True)
+    finally:
+        torch.random.set_rng_state(rng_state)
+        if staging.exists() and staging != folder:
+            shutil.rmtree(staging, ignore_errors=True)
+    if not (folder / MANIFEST).exists():
+        warnings.warn(f"tiny library at {folder} could not be created", stacklevel=2)
+    return folder

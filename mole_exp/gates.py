@@ -1,0 +1,165 @@
+"""The MoLE gate (paper Eqs. 9-11), made to work with variable-length T5 inputs.
+
+Paper: E_Omega = Normalization(E_0(x) (+) ... (+) E_{N-1}(x))      (Eq. 9, N x L x d)
+       eps     = Flatten(E_Omega)^T e,  e in R^{(N*L*d) x N}          (Eq. 10)
+       G(eps)  = softmax(eps / tau)                                   (Eq. 11, tau learnable)
+
+Eq. 10 taken literally fixes the sequence length L. Our nearest faithful choice:
+  1. normalise each expert's output per token over the feature dim (LayerNorm without affine),
+  2. project per token with a length-independent e in R^{(N*d) x N} (input form `concat`), and
+  3. average the per-token logits over the valid tokens of the sequence the linear reads
+     (scope `sequence`: one weight vector per example, as in the paper) or keep them per token
+     (scope `token`).
+Because the projection is linear, (3) equals projecting the pooled normalised outputs.
+In the decoder the average runs over the prefix (causal, position t sees tokens <= t), so teacher-forced
+training and step-by-step generation with a KV cache give identical weights.
+
+Other input forms: `per_expert` (e_i in R^d per expert, logit_i = <norm E_i, e_i>: N*d parameters
+instead of N*d*N) and `hidden` (the authors' released code: logits from the LayerNorm-ed input x).
+
+Two mathematically equal implementations of the expert-output forms are provided:
+`stacked` materialises E (B, T, N, d) (the reference), `rank_space` never does: with
+u_i = A_i x and E_i = s_i B_i u_i, the per-token mean, norm and projection of E_i are all
+functions of u_i and small r-space matrices (B_i^T e, 1^T B_i, B_i^T B_i).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+INPUT_FORMS = ("concat", "per_expert", "hidden")
+SCOPES = ("sequence", "token")
+IMPLEMENTATIONS = ("rank_space", "stacked")
+NORM_EPS = 1e-5
+
+
+class Temperature(nn.Module):
+    """tau of Eq. 11: learnable (log-parameterised, clamped to [min, max]) or fixed."""
+
+    def __init__(self, init: float = 1.0, learnable: bool = True, min: float = 0.05, max: float = 100.0):
+        super().__init__()
+        if not (0 < min <= init <= max):
+            raise ValueError(f"gate.temperature: need 0 < min <= init <= max, got min={min}, init={init}, max={max}")
+        log_init = torch.tensor(math.log(init))
+        if learnable:
+            self.log_tau = nn.Parameter(log_init)
+        else:
+            self.register_buffer("log_tau", log_init)
+        self.min, self.max = float(min), float(max)
+
+    def forward(self) -> torch.Tensor:
+        return self.log_tau.exp().clamp(self.min, self.max)
+
+
+class Gate(nn.Module):
+    """One gating function: per-token logits -> pooled -> softmax(./tau) -> expert weights."""
+
+    def __init__(
+        self,
+        num_experts: int,
+        feature_dim: int,
+        input_form: str = "concat",
+        scope: str = "sequence",
+        temperature: dict | None = None,
+        init_std: float = 0.0,
+    ):
+        super().__init__()
+        if input_form not in INPUT_FORMS:
+            raise ValueError(f"gate.input_form={input_form!r} is not one of {list(INPUT_FORMS)}")
+        if scope not in SCOPES:
+            raise ValueError(f"gate.scope={scope!r} is not one of {list(SCOPES)}")
+        self.num_experts, self.input_form, self.scope = num_experts, input_form, scope
+        shape = {
+            "concat": (num_experts, feature_dim, num_experts),  # e of Eq. 10, (N*d) x N stored as (N, d, N)
+            "per_expert": (num_experts, feature_dim),  # one e_i in R^d per expert
+            "hidden": (feature_dim, num_experts),  # d_in x N on the normalised input
+        }[input_form]
+        self.projection = nn.Parameter(torch.randn(shape) * init_std if init_std > 0 else torch.zeros(shape))
+        self.temperature = Temperature(**(temperature or {}))
+
+    # ------------------------------------------------------------------ per-token logits (Eq. 9-10)
+
+    def token_logits_stacked(self, expert_outputs: torch.Tensor) -> torch.Tensor:
+        """Reference form. expert_outputs: (B, T, N, d) = s_i B_i A_i x.  Returns (B, T, N)."""
+        normalized = F.layer_norm(expert_outputs.float(), expert_outputs.shape[-1:], eps=NORM_EPS)  # Eq. 9
+        projection = self.projection.float()
+        if self.input_form == "concat":
+            return torch.einsum("btnd,ndk->btk", normalized, projection)  # Eq. 10
+        return torch.einsum("btnd,nd->btn", normalized, projection)
+
+    def token_logits_rank_space(self, rank_inputs: torch.Tensor, lora_B: torch.Tensor, scaling: torch.Tensor) -> torch.Tensor:
+        """Same logits from r-space quantities only.
+
+        rank_inputs u: (B, T, N, r) = A_i x;  lora_B: (N, d, r);  scaling: (N,).  Returns (B, T, N).
+        """
+        scaled = rank_inputs.float() * scaling.float()[:, None]  # (B, T, N, r): E_i = B_i scaled_i
+        lora_B = lora_B.float()
+        feature_dim = lora_B.shape[1]
+        column_sums = lora_B.sum(dim=1)  # (N, r): 1^T B_i
+        gram = torch.einsum("ndr,nds->nrs", lora_B, lora_B)  # (N, r, r): B_i^T B_i
+        mean = torch.einsum("btnr,nr->btn", scaled, column_sums) / feature_dim  # mean_d(E_i)
+        mean_square = torch.einsum("btnr,nrs,btns->btn", scaled, gram, scaled) / feature_dim  # ||E_i||^2 / d
+        inv_std = torch.rsqrt((mean_square - mean.square()).clamp_min(0) + NORM_EPS)  # (B, T, N)
+        projection = self.projection.float()
+        if self.input_form == "concat":
+            projected_B = torch.einsum("ndr,ndk->nrk", lora_B, projection)  # (N, r, N): B_i^T e_i
+            dot = torch.einsum("btnr,nrk->btnk", scaled, projected_B)  # <E_i, e_i,:,k>
+            centred = dot - mean[..., None] * projection.sum(dim=1)  # (B, T, N, K)
+            return torch.einsum("btnk,btn->btk", centred, inv_std)  # Eq. 10, summed over experts i
+        projected_B = torch.einsum("ndr,nd->nr", lora_B, projection)  # (N, r)
+        dot = torch.einsum("btnr,nr->btn", scaled, projected_B)
+        return (dot - mean * projection.sum(dim=1)) * inv_std
+
+    def token_logits_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The released code's form: hidden (B, T, d_in) -> (B, T, N)."""
+        normalized = F.layer_norm(hidden.float(), hidden.shape[-1:], eps=NORM_EPS)
+        return normalized @ self.projection.float()
+
+    # ------------------------------------------------------------------ Eq. 11 and masking
+
+    def probabilities(self, logits: torch.Tensor, expert_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """softmax(logits / tau) (Eq. 11); masked experts get 0 and the rest are renormalised
+        proportionally (the paper's second inference mode), which equals a softmax over the kept ones."""
+        probs = torch.softmax(logits / self.temperature(), dim=-1)
+        if expert_mask is not None:
+            probs = probs * expert_mask.to(probs.dtype)
+            probs = probs / probs.sum(dim=-1, keepdim=True)
+        return probs
+
+
+def pool_bidirectional(token_logits: torch.Tensor, valid_mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over valid tokens. token_logits (B, T, N), valid_mask (B, T) -> (B, 1, N)."""
+    if valid_mask is None:
+        return token_logits.mean(dim=1, keepdim=True)
+    weights = valid_mask.to(token_logits.dtype)[..., None]  # (B, T, 1)
+    return (token_logits * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
+
+
+def pool_causal(
+    token_logits: torch.Tensor, previous_sum: torch.Tensor | None, previous_count: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prefix mean: position t averages tokens 0..t, continuing a running sum from cached steps.
+
+    token_logits (B, T, N); previous_sum (B, N) or None.  Returns pooled (B, T, N) and the new sum (B, N).
+    """
+    running = token_logits.cumsum(dim=1)  # (B, T, N)
+    if previous_sum is not None:
+        running = running + previous_sum[:, None]
+    positions = torch.arange(1, token_logits.shape[1] + 1, device=token_logits.device, dtype=token_logits.dtype)
+    pooled = running / (previous_count + positions)[None, :, None]
+    return pooled, running[:, -1]
+
+
+def balance_loss(mean_probabilities: torch.Tensor) -> torch.Tensor:
+    """L_balance = -sum_i log q_i (Eqs. 14-15); q (N,) is the gate probability of each expert averaged
+    over all gating functions and examples. Minimal (= N log N) when q is uniform."""
+    return -torch.log(mean_probabilities.clamp_min(1e-12)).sum()
+
+
+def entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    """Entropy over the last dim, in nats."""
+    return -(probabilities * torch.log(probabilities.clamp_min(1e-12))).sum(dim=-1)

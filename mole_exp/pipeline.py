@@ -1,0 +1,205 @@
+"""run(cfg): build the frozen base and experts, compose, fit, evaluate, write the run's results.
+
+    model + experts -> composer.compose -> (Lightning fit | composer.search) -> evaluate -> metrics.json
+
+Results of a run (its Hydra folder): config.yaml, metrics.json, predictions.jsonl, gate_stats.jsonl
+(gate composers), checkpoints/composer.safetensors (only what trained), logs/ (Lightning's logger).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mole_exp.composers.base import Composer, SearchData
+from mole_exp.data import collator, tokenize, train_loader
+from mole_exp.evaluation.evaluator import GenerationSettings, evaluate_task
+from mole_exp.experts import load_experts
+from mole_exp.io import METRICS_FILE, PREDICTIONS_FILE, guard_run_dir, write_atomic, write_json, write_jsonl
+from mole_exp.lit_module import ComposerLitModule, GateStatisticsWriter
+from mole_exp.models import BaseModel
+
+log = logging.getLogger(__name__)
+
+MODES = ("train", "eval")
+CHECKPOINT_FILE = "composer.safetensors"
+
+
+def config_hash(cfg: DictConfig) -> str:
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for volatile in ("paths", "hydra", "logger"):
+        data.pop(volatile, None)
+    return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(data)).encode()).hexdigest()[:12]
+
+
+def validate(cfg: DictConfig) -> None:
+    """Cheap checks of the config, before any model or data is loaded."""
+    if cfg.mode not in MODES:
+        raise ValueError(f"mode={cfg.mode!r} is not one of {list(MODES)}")
+    if cfg.mode == "eval" and not cfg.get("checkpoint"):
+        raise ValueError("mode=eval needs checkpoint=<a run folder or its checkpoints/composer.safetensors>")
+    for key in ("batch_size", "eval_batch_size", "max_source_length", "max_target_length"):
+        value = cfg.data.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"data.{key}={value!r} must be a positive integer")
+    for key in ("train_limit", "eval_limit"):
+        value = cfg.data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"data.{key}={value!r} must be a positive integer or null")
+    max_steps = cfg.trainer.get("max_steps", -1)
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps == 0 or max_steps < -1:
+        raise ValueError(f"trainer.max_steps={max_steps!r} must be a positive integer (or -1 with max_epochs)")
+
+
+def resolve_checkpoint(path: str) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / CHECKPOINT_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint={str(path)!r} does not exist (expected <run dir>/checkpoints/{CHECKPOINT_FILE})")
+    return path
+
+
+def save_composer_state(composer: Composer, run_dir: Path) -> Path | None:
+    from safetensors.torch import save_file
+
+    module = composer.trainable_module()
+    if module is None:
+        return None
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    path = run_dir / "checkpoints" / CHECKPOINT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_suffix(".tmp")
+    save_file(state, str(temp), metadata={"composer": composer.name})
+    os.replace(temp, path)
+    return path
+
+
+def load_composer_state(composer: Composer, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    module = composer.trainable_module()
+    if module is None:
+        raise ValueError(f"composer {composer.name!r} has no trained state to load from {path}")
+    state = load_file(str(path))
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {path} does not fit composer {composer.name!r} with this config: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]} (same experts, granularity and input form needed)"
+        )
+
+
+def make_search_data(base: BaseModel, task, cfg: DictConfig) -> SearchData:
+    """Examples and a loss for gradient-free composers (mean token cross-entropy per example)."""
+    tokenizer, model = base.tokenizer, base.model
+    collate = collator(tokenizer)
+
+    @torch.no_grad()
+    def loss(examples: list[dict[str, Any]]) -> float:
+        model.eval()
+        device = next(model.parameters()).device
+        features = tokenize(tokenizer, examples, cfg.data.max_source_length, cfg.data.max_target_length)
+        total = 0.0
+        for start in range(0, len(features), cfg.data.eval_batch_size):
+            batch = {k: v.to(device) for k, v in collate(features[start : start + cfg.data.eval_batch_size]).items()}
+            total += float(model(**batch).loss) * len(batch["input_ids"])
+        return total / len(features)
+
+    mixture = task.train_mixture(cfg.data.mixture, cfg.data.get("mixture_cap"))
+    return SearchData(train_examples=mixture, validation_examples=mixture, loss=loss, seed=int(cfg.seed))
+
+
+def fit(cfg: DictConfig, base: BaseModel, composer: Composer, examples: list[dict[str, Any]], run_dir: Path) -> dict[str, Any]:
+    loader = train_loader(
+        base.tokenizer, examples, cfg.data.batch_size, cfg.data.max_source_length, cfg.data.max_target_length, int(cfg.seed), cfg.data.num_workers
+    )
+    module = ComposerLitModule(base.model, composer, hydra.utils.instantiate(cfg.optimizer))
+    logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
+    callbacks = [GateStatisticsWriter(run_dir / "gate_stats.jsonl", cfg.get("gate_stats_every_n_steps", 1))]
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+    base.model.train()  # dropout as in ordinary fine-tuning; only the gates receive gradients
+    started = time.perf_counter()
+    trainer.fit(module, train_dataloaders=loader)
+    return {
+        "steps": int(trainer.global_step),
+        "seconds": round(time.perf_counter() - started, 2),
+        "final": {k: v for k, v in module.last_statistics.items() if k != "gates"},
+        "num_trainable_parameters": sum(p.numel() for p in base.model.parameters() if p.requires_grad),
+        "num_train_examples": len(examples),
+    }
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    validate(cfg)
+    run_dir = guard_run_dir(cfg.paths.output_dir)
+    write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+    composer: Composer = hydra.utils.instantiate(cfg.composer, _convert_="all")  # validates its options
+    task = hydra.utils.instantiate(cfg.task, _convert_="all")
+    eval_task = hydra.utils.instantiate(cfg.eval_task, _convert_="all") if cfg.get("eval_task") else task
+    needs_training = cfg.mode == "train" and composer.needs_training_data
+    task.load(need_train=needs_training, train_limit=cfg.data.train_limit, eval_limit=cfg.data.eval_limit)
+    if eval_task is not task:
+        eval_task.load(need_train=False, eval_limit=cfg.data.eval_limit)
+
+    base: BaseModel = hydra.utils.instantiate(cfg.model)
+    bank = load_experts(cfg.experts, base)
+    trainable = composer.compose(base, bank)
+    device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    base.model.to(device)
+
+    report: dict[str, Any] = {}
+    if cfg.mode == "eval":
+        load_composer_state(composer, resolve_checkpoint(cfg.checkpoint))
+        report["checkpoint"] = str(resolve_checkpoint(cfg.checkpoint))
+    else:
+        search_log = composer.search(make_search_data(base, task, cfg)) if composer.needs_search else {}
+        if search_log:
+            report["search"] = search_log
+        if trainable:
+            report["train"] = fit(cfg, base, composer, task.train_mixture(cfg.data.mixture, cfg.data.get("mixture_cap")), run_dir)
+            checkpoint = save_composer_state(composer, run_dir)
+            report["checkpoint"] = str(checkpoint) if checkpoint else None
+    base.model.to(device)
+    composer.prepare_inference()
+
+    settings = GenerationSettings(
+        batch_size=cfg.data.eval_batch_size,
+        num_beams=cfg.generation.num_beams,
+        max_source_length=cfg.data.max_source_length,
+        max_new_tokens=cfg.generation.get("max_new_tokens"),
+        progress=cfg.generation.get("progress", True),
+    )
+    results, predictions = evaluate_task(base.model, base.tokenizer, eval_task, settings)
+    metrics = {
+        **results,
+        "status": "completed",
+        "task": task.name,
+        "eval_task": eval_task.name,
+        "skipped": eval_task.skipped,
+        "split_notes": {**task.notes, **eval_task.notes},
+        "model": base.model_id,
+        "composer": composer.summary(),
+        "experts": {"names": bank.names, "count": len(bank), "sources": bank.sources},
+        "seed": int(cfg.seed),
+        "config_hash": config_hash(cfg),
+        "overrides": list(cfg.get("overrides") or []),
+        **report,
+    }
+    write_jsonl(run_dir / PREDICTIONS_FILE, predictions)
+    write_json(run_dir / METRICS_FILE, metrics)  # last: its presence marks the run finished
+    log.info("metrics: %s", {k: round(v, 3) for k, v in metrics["metrics"].items()})
+    log.info("results written to %s", run_dir)
+    return metrics
+

@@ -1,0 +1,170 @@
+"""Tasks: a suite of datasets, each = loading (Hub or local files) + a FLAN prompt + a metric + generation settings.
+
+A suite is defined in `conf/task/<suite>.yaml`; code exists only for loading raw rows (one registered
+loader per dataset family, under `mole_exp/tasks/`) and for scoring (`mole_exp/evaluation/metrics.py`).
+
+Every loader returns, per split, rows holding the template's `{field}` slots plus `answers` (the list of
+gold references) and, for classification, `options` and `answer` (the gold option). The same rows come
+out whether the source is the Hub (`datasets.load_dataset(<hub id>)`) or the local copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mole_exp.tasks.templates import fill_template
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("auto", "local", "hub")
+MIXTURES = ("proportional", "capped")
+
+# loader(name, source, data_dir, seed, **args) -> LoadedSplits
+LOADERS: dict[str, Callable[..., LoadedSplits]] = {}
+
+
+def register_loader(name: str):
+    def register(fn):
+        if name in LOADERS:
+            raise ValueError(f"loader {name!r} registered twice")
+        LOADERS[name] = fn
+        return fn
+
+    return register
+
+
+@dataclass
+class LoadedSplits:
+    train: list[dict[str, Any]]
+    test: list[dict[str, Any]]
+    note: str = ""  # how the splits were made (e.g. carved from dev), recorded in metrics.json
+
+
+class DataUnavailableError(RuntimeError):
+    """A dataset cannot be had here (e.g. Hub-only and offline); recorded as skipped, never as 0."""
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    loader: str
+    metric: str
+    template: str | None = None  # FLAN template key; None: the rows carry `source` already
+    template_index: int = 0
+    max_new_tokens: int = 16
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+def local_file(data_dir: str | Path, relative: str, hub_id: str) -> Path:
+    """A file of the local data copy, or an error naming the path and the Hub alternative."""
+    path = Path(data_dir) / relative
+    if not path.exists():
+        raise FileNotFoundError(
+            f"local data file {path} does not exist; set data.data_dir to the folder holding the shared data, "
+            f"or use the Hub copy with task.source=hub (dataset {hub_id!r})"
+        )
+    return path
+
+
+def carve(rows: list[dict[str, Any]], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """A seeded, disjoint (train, eval) split of rows that only exist as one split locally."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(round(len(rows) * eval_fraction)))
+    eval_idx, train_idx = sorted(order[:n_eval]), sorted(order[n_eval:])
+    return [rows[i] for i in train_idx], [rows[i] for i in eval_idx]
+
+
+class Task:
+    """A suite: train mixture over its datasets, evaluation per dataset."""
+
+    def __init__(
+        self,
+        name: str,
+        datasets: dict[str, dict[str, Any]],
+        source: str = "local",
+        data_dir: str | None = None,
+        template_version: str = "v1",
+        options_style: str = "flan",
+        seed: int = 0,
+        only: list[str] | None = None,
+    ):
+        if source not in SOURCES:
+            raise ValueError(f"task.source={source!r} is not one of {list(SOURCES)}")
+        if source == "auto":  # the local copy when it is there, else the Hub
+            source = "local" if data_dir and Path(data_dir).is_dir() else "hub"
+        self.name, self.source, self.data_dir, self.seed = name, source, data_dir, int(seed)
+        self.template_version, self.options_style = template_version, options_style
+        self.specs = {key: DatasetSpec(name=key, **dict(spec)) for key, spec in datasets.items()}
+        for spec in self.specs.values():
+            if spec.loader not in LOADERS:
+                raise ValueError(f"task {name}: dataset {spec.name} names loader {spec.loader!r}; known loaders: {sorted(LOADERS)}")
+        if only:
+            unknown = [d for d in only if d not in self.specs]
+            if unknown:
+                raise ValueError(f"task.only={unknown}: not datasets of suite {name!r}; available: {list(self.specs)}")
+            self.specs = {k: v for k, v in self.specs.items() if k in only}
+        self.train: dict[str, list[dict[str, Any]]] = {}
+        self.test: dict[str, list[dict[str, Any]]] = {}
+        self.notes: dict[str, str] = {}
+        self.skipped: dict[str, str] = {}
+
+    @property
+    def dataset_names(self) -> list[str]:
+        return list(self.specs)
+
+    def load(self, need_train: bool = True, train_limit: int | None = None, eval_limit: int | None = None) -> Task:
+        for key, spec in self.specs.items():
+            try:
+                splits = LOADERS[spec.loader](
+                    name=key, source=self.source, data_dir=self.data_dir, seed=self.seed, **dict(spec.args)
+                )
+            except DataUnavailableError as error:
+                log.warning("dataset %s skipped: %s", key, error)
+                self.skipped[key] = str(error)
+                continue
+            if not splits.test:
+                raise ValueError(f"dataset {key}: the evaluation split is empty")
+            if need_train and not splits.train:
+                raise ValueError(f"dataset {key}: the training split is empty")
+            train = splits.train[:train_limit] if train_limit else splits.train
+            test = splits.test[:eval_limit] if eval_limit else splits.test
+            self.train[key] = [self.render(spec, row) for row in train]
+            self.test[key] = [self.render(spec, row) for row in test]
+            self.notes[key] = splits.note
+        if not self.test:
+            raise ValueError(f"task {self.name}: no dataset could be loaded ({self.skipped})")
+        return self
+
+    def render(self, spec: DatasetSpec, row: dict[str, Any]) -> dict[str, Any]:
+        if spec.template is None:
+            source, target = row["source"], row["target"]
+        else:
+            source, target = fill_template(spec.template, spec.template_index, row, self.template_version, self.options_style)
+        answers = row.get("answers") or [target]
+        return {"dataset": spec.name, "source": source, "target": target, "references": list(answers),
+                **({"options": list(row["options"])} if row.get("options") else {})}
+
+    def train_mixture(self, strategy: str = "proportional", cap: int | None = None) -> list[dict[str, Any]]:
+        """The FLAN-style training mixture: every dataset's examples (capped per dataset), shuffled."""
+        if strategy not in MIXTURES:
+            raise ValueError(f"data.mixture={strategy!r} is not one of {list(MIXTURES)}")
+        mixture = []
+        rng = random.Random(self.seed)
+        for key, rows in self.train.items():
+            rows = list(rows)
+            if strategy == "capped" and cap is not None and len(rows) > cap:
+                rows = rng.sample(rows, cap)
+            mixture.extend(rows)
+        if not mixture:
+            raise ValueError(f"task {self.name}: the training mixture is empty")
+        rng.shuffle(mixture)
+        return mixture
+
+    def eval_sets(self) -> dict[str, list[dict[str, Any]]]:
+        return dict(self.test)

@@ -1,0 +1,87 @@
+"""Shared fixtures: the tiny T5 with the real vocabulary, a tiny PEFT expert library, config composition."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("MOLE_EXP_DATA", ROOT.parent / "shared" / "data"))
+TOKENIZER_DIR = DATA_DIR / "t5_tokenizer"
+
+needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"shared task data not found at {DATA_DIR} (set MOLE_EXP_DATA)")
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("mole_cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolate_env(monkeypatch, cache_dir):
+    monkeypatch.setenv("MOLE_EXP_CACHE", str(cache_dir))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+
+
+def make_tiny(**overrides):
+    from mole_exp.models import build_tiny
+
+    return build_tiny(str(TOKENIZER_DIR), **overrides)
+
+
+def tiny_experts_cfg(cache_dir: Path, num_adapters: int = 4, rank: int = 4, targets=("q", "v"), **extra):
+    return OmegaConf.create(
+        {
+            "source": "tiny",
+            "library_dir": str(cache_dir / "tiny_experts"),
+            "tiny": {"num_adapters": num_adapters, "rank": rank, "alpha": 2 * rank, "targets": list(targets), "seed": 0},
+            "count": None,
+            "selection": "first",
+            "seed": 0,
+            "layer_range": None,
+            **extra,
+        }
+    )
+
+
+@pytest.fixture
+def tiny_base():
+    return make_tiny()
+
+
+@pytest.fixture
+def tiny_bank(tiny_base, cache_dir):
+    from mole_exp.experts import load_experts
+
+    return load_experts(tiny_experts_cfg(cache_dir), tiny_base)
+
+
+def compose_cfg(overrides: list[str], output_dir: Path | None = None):
+    """Compose the real Hydra config (conf/train.yaml) with overrides, resolvable outside a Hydra run."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().set_config(cfg)
+    if output_dir is not None:
+        cfg.hydra.runtime.output_dir = str(output_dir)
+    OmegaConf.set_struct(cfg, False)
+    cfg.overrides = list(overrides)
+    del cfg["hydra"]
+    return cfg
+
+
+SMOKE = ["model=tiny", "experts=tiny", "trainer=cpu", "trainer.max_steps=2", "data.eval_limit=4", "data.train_limit=16",
+         "data.batch_size=4", "generation.progress=false", "logger=csv"]
+
+
+@pytest.fixture
+def smoke_overrides(tmp_path):
+    return SMOKE + [f"paths.data_dir={DATA_DIR}", f"paths.outputs_dir={tmp_path / 'outputs'}"]

@@ -1,0 +1,20 @@
+"""Train (or search) a composition of frozen LoRA experts and evaluate it.
+
+    python train.py task=nli composer=mole
+    python train.py task=nli composer=mole model=tiny experts=tiny trainer.max_steps=20
+    python train.py -m experts.count=8,24,48,128
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from mole_exp.pipeline import run
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
