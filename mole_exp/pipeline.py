@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mole_exp.composers.base import Composer, SearchData
 from mole_exp.data import collator, tokenize, train_loader
-from mole_exp.evaluation.evaluator import GenerationSettings, evaluate_task
+from mole_exp.evaluation.evaluator import GenerationSettings, evaluate_task, score_examples
 from mole_exp.experts import load_experts
 from mole_exp.io import METRICS_FILE, PREDICTIONS_FILE, guard_run_dir, write_atomic, write_json, write_jsonl
 from mole_exp.lit_module import ComposerLitModule, GateStatisticsWriter
@@ -99,8 +99,18 @@ def load_composer_state(composer: Composer, path: Path) -> None:
         )
 
 
+def generation_settings(cfg: DictConfig) -> GenerationSettings:
+    return GenerationSettings(
+        batch_size=cfg.data.eval_batch_size,
+        num_beams=cfg.generation.num_beams,
+        max_source_length=cfg.data.max_source_length,
+        max_new_tokens=cfg.generation.get("max_new_tokens"),
+        progress=cfg.generation.get("progress", True),
+    )
+
+
 def make_search_data(base: BaseModel, task, cfg: DictConfig) -> SearchData:
-    """Examples and a loss for gradient-free composers (mean token cross-entropy per example)."""
+    """Examples, a loss (mean token cross-entropy per example) and a task score for gradient-free composers."""
     tokenizer, model = base.tokenizer, base.model
     collate = collator(tokenizer)
 
@@ -115,8 +125,11 @@ def make_search_data(base: BaseModel, task, cfg: DictConfig) -> SearchData:
             total += float(model(**batch).loss) * len(batch["input_ids"])
         return total / len(features)
 
+    def task_score(examples: list[dict[str, Any]]) -> float:
+        return score_examples(model, tokenizer, task, examples, generation_settings(cfg))
+
     mixture = task.train_mixture(cfg.data.mixture, cfg.data.get("mixture_cap"))
-    return SearchData(train_examples=mixture, validation_examples=mixture, loss=loss, seed=int(cfg.seed))
+    return SearchData(train_examples=mixture, validation_examples=mixture, loss=loss, score=task_score, seed=int(cfg.seed))
 
 
 def fit(cfg: DictConfig, base: BaseModel, composer: Composer, examples: list[dict[str, Any]], run_dir: Path) -> dict[str, Any]:
@@ -174,14 +187,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     base.model.to(device)
     composer.prepare_inference()
 
-    settings = GenerationSettings(
-        batch_size=cfg.data.eval_batch_size,
-        num_beams=cfg.generation.num_beams,
-        max_source_length=cfg.data.max_source_length,
-        max_new_tokens=cfg.generation.get("max_new_tokens"),
-        progress=cfg.generation.get("progress", True),
+    if cfg.get("export_dir"):
+        report["export"] = composer.export(str(cfg.export_dir))
+    results, predictions = evaluate_task(
+        base.model, base.tokenizer, eval_task, generation_settings(cfg), before_dataset=composer.before_dataset
     )
-    results, predictions = evaluate_task(base.model, base.tokenizer, eval_task, settings)
     metrics = {
         **results,
         "status": "completed",

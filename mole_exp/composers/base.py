@@ -105,5 +105,12 @@ class Composer(ABC):
     def prepare_inference(self) -> None:
         """Called once after fitting, before evaluation."""
 
+    def before_dataset(self, dataset: str) -> None:
+        """Called by the evaluator before each evaluated dataset (e.g. to apply the LoRA trained on it)."""
+
+    def export(self, path: str) -> str:
+        """Save the composed model as a plain transformers checkpoint (static composers only)."""
+        raise NotImplementedError(f"composer {self.name!r} cannot be exported as a merged checkpoint (it routes at run time)")
+
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "experts": list(self.bank.names) if self.bank else [], "mask": self.mask_spec}

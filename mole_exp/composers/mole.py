@@ -120,6 +120,7 @@ class MoLEComposer(Composer):
             "granularity": self.gate_cfg.get("granularity"),
             "input_form": self.gate_cfg.get("input_form"),
             "scope": self.gate_cfg.get("scope"),
+            "gate": self.gate_cfg,
             "num_gates": len(self.router.gates) if self.router else 0,
             "alpha": self.alpha,
             "implementation": self.implementation,

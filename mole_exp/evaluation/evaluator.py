@@ -50,8 +50,25 @@ def generate(model, tokenizer, sources: list[str], max_new_tokens: int, settings
     return predictions
 
 
-def evaluate_task(model, tokenizer, task, settings: GenerationSettings, split: str = "test") -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Metrics (keys `split/dataset/metric`, suite average `split/suite/avg`) and prediction rows."""
+def score_examples(model, tokenizer, task, examples: list[dict[str, Any]], settings: GenerationSettings) -> float:
+    """Generate for examples of (possibly several of) a task's datasets; the mean of each dataset's primary metric."""
+    by_dataset: dict[str, list[dict[str, Any]]] = {}
+    for example in examples:
+        by_dataset.setdefault(example["dataset"], []).append(example)
+    values = []
+    for dataset, rows in by_dataset.items():
+        spec = task.specs[dataset]
+        predictions = generate(model, tokenizer, [e["source"] for e in rows], settings.max_new_tokens or spec.max_new_tokens, settings, desc=dataset)
+        values.append(score(spec.metric, predictions, [e["references"] for e in rows])[0][get_metric(spec.metric).primary])
+    return sum(values) / len(values)
+
+
+def evaluate_task(
+    model, tokenizer, task, settings: GenerationSettings, split: str = "test", before_dataset=None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Metrics (keys `split/dataset/metric`, suite average `split/suite/avg`) and prediction rows.
+
+    `before_dataset(name)` runs before each dataset (a composer hook, e.g. per-dataset expert choice)."""
     metrics: dict[str, float] = {}
     higher_is_better: dict[str, bool] = {}
     extras: dict[str, dict[str, Any]] = {}
@@ -62,6 +79,8 @@ def evaluate_task(model, tokenizer, task, settings: GenerationSettings, split: s
         if not examples:
             raise ValueError(f"dataset {dataset}: the evaluation split is empty")
         spec = task.specs[dataset]
+        if before_dataset is not None:
+            before_dataset(dataset)
         max_new_tokens = settings.max_new_tokens or spec.max_new_tokens
         predictions = generate(model, tokenizer, [e["source"] for e in examples], max_new_tokens, settings, desc=dataset)
         references = [e["references"] for e in examples]
