@@ -37,6 +37,11 @@ IMPLEMENTATIONS = ("rank_space", "stacked")
 NORM_EPS = 1e-5
 
 
+def _gate_precision(tensor: torch.Tensor) -> torch.Tensor:
+    """Gate statistics run in at least float32 (bf16 variances cancel badly), float64 when given float64."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 class Temperature(nn.Module):
     """tau of Eq. 11: learnable (log-parameterised, clamped to [min, max]) or fixed."""
 
@@ -85,8 +90,8 @@ class Gate(nn.Module):
 
     def token_logits_stacked(self, expert_outputs: torch.Tensor) -> torch.Tensor:
         """Reference form. expert_outputs: (B, T, N, d) = s_i B_i A_i x.  Returns (B, T, N)."""
-        normalized = F.layer_norm(expert_outputs.float(), expert_outputs.shape[-1:], eps=NORM_EPS)  # Eq. 9
-        projection = self.projection.float()
+        normalized = F.layer_norm(_gate_precision(expert_outputs), expert_outputs.shape[-1:], eps=NORM_EPS)  # Eq. 9
+        projection = self.projection.to(normalized.dtype)
         if self.input_form == "concat":
             return torch.einsum("btnd,ndk->btk", normalized, projection)  # Eq. 10
         return torch.einsum("btnd,nd->btn", normalized, projection)
@@ -96,15 +101,15 @@ class Gate(nn.Module):
 
         rank_inputs u: (B, T, N, r) = A_i x;  lora_B: (N, d, r);  scaling: (N,).  Returns (B, T, N).
         """
-        scaled = rank_inputs.float() * scaling.float()[:, None]  # (B, T, N, r): E_i = B_i scaled_i
-        lora_B = lora_B.float()
+        scaled = _gate_precision(rank_inputs) * scaling.to(torch.promote_types(rank_inputs.dtype, torch.float32))[:, None]  # (B, T, N, r): E_i = B_i scaled_i
+        lora_B = lora_B.to(scaled.dtype)
         feature_dim = lora_B.shape[1]
         column_sums = lora_B.sum(dim=1)  # (N, r): 1^T B_i
         gram = torch.einsum("ndr,nds->nrs", lora_B, lora_B)  # (N, r, r): B_i^T B_i
         mean = torch.einsum("btnr,nr->btn", scaled, column_sums) / feature_dim  # mean_d(E_i)
         mean_square = torch.einsum("btnr,nrs,btns->btn", scaled, gram, scaled) / feature_dim  # ||E_i||^2 / d
         inv_std = torch.rsqrt((mean_square - mean.square()).clamp_min(0) + NORM_EPS)  # (B, T, N)
-        projection = self.projection.float()
+        projection = self.projection.to(scaled.dtype)
         if self.input_form == "concat":
             projected_B = torch.einsum("ndr,ndk->nrk", lora_B, projection)  # (N, r, N): B_i^T e_i
             dot = torch.einsum("btnr,nrk->btnk", scaled, projected_B)  # <E_i, e_i,:,k>
@@ -116,8 +121,8 @@ class Gate(nn.Module):
 
     def token_logits_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         """The released code's form: hidden (B, T, d_in) -> (B, T, N)."""
-        normalized = F.layer_norm(hidden.float(), hidden.shape[-1:], eps=NORM_EPS)
-        return normalized @ self.projection.float()
+        normalized = F.layer_norm(_gate_precision(hidden), hidden.shape[-1:], eps=NORM_EPS)
+        return normalized @ self.projection.to(normalized.dtype)
 
     # ------------------------------------------------------------------ Eq. 11 and masking
 

@@ -35,7 +35,7 @@ class ComposerLitModule(L.LightningModule):
         extras = self.composer.auxiliary_losses()
         loss = task_loss + sum((weight * value for weight, value in extras.values()), torch.zeros((), device=task_loss.device))
         if not torch.isfinite(loss):
-            parts = {"task_loss": float(task_loss), **{name: float(value) for name, (_, value) in extras.items()}}
+            parts = {"task_loss": float(task_loss.detach()), **{name: float(value.detach()) for name, (_, value) in extras.items()}}
             raise FloatingPointError(
                 f"non-finite training loss at step {self.global_step}: {parts}; lower optimizer.lr, check the experts "
                 f"for NaN/inf weights, or use trainer.precision=32-true"

@@ -34,6 +34,19 @@ MODES = ("train", "eval")
 CHECKPOINT_FILE = "composer.safetensors"
 
 
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, but a bad value surfaces as the object's own error, not Hydra's wrapper."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, (ValueError, TypeError, OSError, RuntimeError)):
+            raise cause.with_traceback(cause.__traceback__) from None
+        raise
+
+
 def config_hash(cfg: DictConfig) -> str:
     data = OmegaConf.to_container(cfg, resolve=True)
     for volatile in ("paths", "hydra", "logger"):
@@ -136,10 +149,10 @@ def fit(cfg: DictConfig, base: BaseModel, composer: Composer, examples: list[dic
     loader = train_loader(
         base.tokenizer, examples, cfg.data.batch_size, cfg.data.max_source_length, cfg.data.max_target_length, int(cfg.seed), cfg.data.num_workers
     )
-    module = ComposerLitModule(base.model, composer, hydra.utils.instantiate(cfg.optimizer))
-    logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
+    module = ComposerLitModule(base.model, composer, build(cfg.optimizer))
+    logger = build(cfg.logger) if cfg.get("logger") else False
     callbacks = [GateStatisticsWriter(run_dir / "gate_stats.jsonl", cfg.get("gate_stats_every_n_steps", 1))]
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+    trainer: L.Trainer = build(cfg.trainer, logger=logger, callbacks=callbacks)
     base.model.train()  # dropout as in ordinary fine-tuning; only the gates receive gradients
     started = time.perf_counter()
     trainer.fit(module, train_dataloaders=loader)
@@ -158,15 +171,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
-    composer: Composer = hydra.utils.instantiate(cfg.composer, _convert_="all")  # validates its options
-    task = hydra.utils.instantiate(cfg.task, _convert_="all")
-    eval_task = hydra.utils.instantiate(cfg.eval_task, _convert_="all") if cfg.get("eval_task") else task
+    composer: Composer = build(cfg.composer, _convert_="all")  # validates its options
+    task = build(cfg.task, _convert_="all")
+    eval_task = build(cfg.eval_task, _convert_="all") if cfg.get("eval_task") else task
     needs_training = cfg.mode == "train" and composer.needs_training_data
     task.load(need_train=needs_training, train_limit=cfg.data.train_limit, eval_limit=cfg.data.eval_limit)
     if eval_task is not task:
         eval_task.load(need_train=False, eval_limit=cfg.data.eval_limit)
 
-    base: BaseModel = hydra.utils.instantiate(cfg.model)
+    base: BaseModel = build(cfg.model)
     bank = load_experts(cfg.experts, base)
     trainable = composer.compose(base, bank)
     device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -70,9 +70,9 @@ def compose_cfg(overrides: list[str], output_dir: Path | None = None):
     from hydra.core.hydra_config import HydraConfig
 
     HydraConfig.instance().set_config(cfg)
-    if output_dir is not None:
-        cfg.hydra.runtime.output_dir = str(output_dir)
     OmegaConf.set_struct(cfg, False)
+    if output_dir is not None:  # the hydra node is read-only: override the path that reads it
+        cfg.paths.output_dir = str(output_dir)
     cfg.overrides = list(overrides)
     del cfg["hydra"]
     return cfg
