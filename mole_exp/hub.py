@@ -31,7 +31,7 @@ def offline_help(what: str, repo_id: str) -> str:
     return (
         f"could not load {what} {repo_id!r}: {mode} and it is not in the local cache {cache}. "
         f"Either download it on a machine with network access "
-        f"(`huggingface-cli download {repo_id}`) and copy the cache (HF_HOME / HF_HUB_CACHE) here, "
+        f"(`hf download {repo_id}`; then keep HF_HUB_OFFLINE=1 here) and copy the cache (HF_HOME / HF_HUB_CACHE) here, "
         f"or pass a local folder path instead of the Hub id."
     )
 
