@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
@@ -26,6 +26,50 @@ def collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForSeq2Seq:
     return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True, return_tensors="pt")
 
 
+class EpochShuffleSampler(Sampler[int]):
+    """A fresh seeded permutation each epoch: the order is a function of (seed, epoch) only."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at every epoch start
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        yield from torch.randperm(self.size, generator=generator).tolist()
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that resumes mid-epoch: its state is the number of batches served this epoch.
+
+    Lightning saves `state_dict()` in checkpoints and calls `load_state_dict()` on resume; the next
+    iteration then skips the batches the interrupted run had already trained on.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._served = 0
+        self._skip = 0
+
+    def __iter__(self):
+        skip, self._skip = self._skip, 0
+        self._served = 0
+        for index, batch in enumerate(super().__iter__()):
+            self._served += 1
+            if index >= skip:
+                yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"served": self._served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._skip = int(state["served"])
+
+
 def train_loader(
     tokenizer: PreTrainedTokenizerBase,
     examples: list[dict[str, Any]],
@@ -36,7 +80,10 @@ def train_loader(
     num_workers: int = 0,
 ) -> DataLoader:
     features = tokenize(tokenizer, examples, max_source_length, max_target_length)
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        features, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=collator(tokenizer), num_workers=num_workers
+    return ResumableDataLoader(
+        features,
+        batch_size=batch_size,
+        sampler=EpochShuffleSampler(len(features), seed),
+        collate_fn=collator(tokenizer),
+        num_workers=num_workers,
     )

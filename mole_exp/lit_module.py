@@ -66,7 +66,16 @@ class ComposerLitModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only what trains, plus the RNG state so a resumed run draws the same dropout masks."""
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in self.trainable_names}
+        checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        unexpected = set(checkpoint["state_dict"]) - self.trainable_names
+        if unexpected or not checkpoint["state_dict"]:
+            raise ValueError(f"checkpoint does not hold this composer's trainable parameters (unexpected: {sorted(unexpected)[:5]})")
+        if "rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["rng_state"]["torch"])
 
 
 class GateStatisticsWriter(L.Callback):
@@ -75,11 +84,16 @@ class GateStatisticsWriter(L.Callback):
     def __init__(self, path: str | Path, every_n_steps: int = 1):
         self.path = Path(path)
         self.every_n_steps = max(1, int(every_n_steps))
+        self._started = False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         stats = getattr(pl_module, "last_statistics", None)
         if not stats or stats["step"] % self.every_n_steps != 0 or trainer.global_rank != 0:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self._started and self.path.exists():  # a resumed run: drop lines past the checkpoint
+            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] < stats["step"]]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        self._started = True
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(stats) + "\n")

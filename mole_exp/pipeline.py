@@ -9,6 +9,7 @@ Results of a run (its Hydra folder): config.yaml, metrics.json, predictions.json
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -18,7 +19,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mole_exp.composers.base import Composer, SearchData
 from mole_exp.data import collator, tokenize, train_loader
@@ -49,8 +50,9 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
 
 def config_hash(cfg: DictConfig) -> str:
     data = OmegaConf.to_container(cfg, resolve=True)
-    for volatile in ("paths", "hydra", "logger"):
+    for volatile in ("paths", "hydra", "logger", "resume", "callbacks", "overrides", "checkpoint_every_n_steps"):
         data.pop(volatile, None)
+    data.get("trainer", {}).pop("default_root_dir", None)
     return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(data)).encode()).hexdigest()[:12]
 
 
@@ -145,30 +147,84 @@ def make_search_data(base: BaseModel, task, cfg: DictConfig) -> SearchData:
     return SearchData(train_examples=mixture, validation_examples=mixture, loss=loss, score=task_score, seed=int(cfg.seed))
 
 
-def fit(cfg: DictConfig, base: BaseModel, composer: Composer, examples: list[dict[str, Any]], run_dir: Path) -> dict[str, Any]:
+RESUME_CHECKPOINT = "last.ckpt"
+RUN_STATE_FILE = "run_state.json"
+
+
+def find_resumable_run(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """resume=true: this run folder if it has a checkpoint, else the newest unfinished run with the same
+    config hash under paths.outputs_dir; resume=<folder>: that folder."""
+    if cfg.resume in (None, False):
+        return None
+    if cfg.resume is not True:
+        folder = Path(str(cfg.resume))
+        if not (folder / "checkpoints" / RESUME_CHECKPOINT).exists():
+            raise FileNotFoundError(f"resume={str(folder)!r}: no checkpoints/{RESUME_CHECKPOINT} there to resume from")
+        return folder
+    if (run_dir / "checkpoints" / RESUME_CHECKPOINT).exists():
+        return run_dir
+    wanted = config_hash(cfg)
+    candidates = []
+    for state_file in Path(cfg.paths.outputs_dir).rglob(RUN_STATE_FILE):
+        folder = state_file.parent
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if state.get("config_hash") == wanted and not (folder / METRICS_FILE).exists() and (folder / "checkpoints" / RESUME_CHECKPOINT).exists():
+            candidates.append(((folder / "checkpoints" / RESUME_CHECKPOINT).stat().st_mtime, folder))
+    return max(candidates)[1] if candidates else None
+
+
+def fit(
+    cfg: DictConfig, base: BaseModel, composer: Composer, examples: list[dict[str, Any]], run_dir: Path, resume_from: Path | None = None
+) -> tuple[dict[str, Any], L.Trainer]:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     loader = train_loader(
         base.tokenizer, examples, cfg.data.batch_size, cfg.data.max_source_length, cfg.data.max_target_length, int(cfg.seed), cfg.data.num_workers
     )
     module = ComposerLitModule(base.model, composer, build(cfg.optimizer))
     logger = build(cfg.logger) if cfg.get("logger") else False
     callbacks = [GateStatisticsWriter(run_dir / "gate_stats.jsonl", cfg.get("gate_stats_every_n_steps", 1))]
-    trainer: L.Trainer = build(cfg.trainer, logger=logger, callbacks=callbacks)
+    if cfg.get("checkpoint_every_n_steps"):
+        # gates-only checkpoints (see ComposerLitModule.on_save_checkpoint), for resume after a crash
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=run_dir / "checkpoints", filename="last", every_n_train_steps=int(cfg.checkpoint_every_n_steps),
+                save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=False,
+            )
+        )
+    callbacks += [build(callback) for callback in cfg.get("callbacks") or []]
+    enable_checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)
+    trainer: L.Trainer = build(cfg.trainer, logger=logger, callbacks=callbacks, enable_checkpointing=enable_checkpointing)
     base.model.train()  # dropout as in ordinary fine-tuning; only the gates receive gradients
     started = time.perf_counter()
-    trainer.fit(module, train_dataloaders=loader)
+    checkpoint = str(resume_from / "checkpoints" / RESUME_CHECKPOINT) if resume_from else None
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=checkpoint)
     return {
         "steps": int(trainer.global_step),
         "seconds": round(time.perf_counter() - started, 2),
         "final": {k: v for k, v in module.last_statistics.items() if k != "gates"},
         "num_trainable_parameters": sum(p.numel() for p in base.model.parameters() if p.requires_grad),
         "num_train_examples": len(examples),
-    }
+        **({"resumed_from": checkpoint} if checkpoint else {}),
+    }, trainer
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
-    run_dir = guard_run_dir(cfg.paths.output_dir)
-    write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    run_dir = Path(cfg.paths.output_dir)
+    resume_from = find_resumable_run(cfg, run_dir) if cfg.mode == "train" else None
+    if resume_from is not None and resume_from != run_dir:
+        log.info("resuming the unfinished run in %s", resume_from)
+        run_dir = resume_from
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(run_dir)  # logs and checkpoints continue there
+    run_dir = guard_run_dir(run_dir)
+    if resume_from is None:
+        write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_json(run_dir / RUN_STATE_FILE, {"config_hash": config_hash(cfg), "status": "running"})
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     composer: Composer = build(cfg.composer, _convert_="all")  # validates its options
@@ -194,7 +250,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if search_log:
             report["search"] = search_log
         if trainable:
-            report["train"] = fit(cfg, base, composer, task.train_mixture(cfg.data.mixture, cfg.data.get("mixture_cap")), run_dir)
+            mixture = task.train_mixture(cfg.data.mixture, cfg.data.get("mixture_cap"))
+            report["train"], trainer = fit(cfg, base, composer, mixture, run_dir, resume_from)
+            if trainer.global_rank != 0:  # DDP: the other ranks only helped train
+                return {"status": "rank_exit", "rank": trainer.global_rank}
             checkpoint = save_composer_state(composer, run_dir)
             report["checkpoint"] = str(checkpoint) if checkpoint else None
     base.model.to(device)
@@ -222,6 +281,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     write_jsonl(run_dir / PREDICTIONS_FILE, predictions)
     write_json(run_dir / METRICS_FILE, metrics)  # last: its presence marks the run finished
+    write_json(run_dir / RUN_STATE_FILE, {"config_hash": metrics["config_hash"], "status": "completed"})
     log.info("metrics: %s", {k: round(v, 3) for k, v in metrics["metrics"].items()})
     log.info("results written to %s", run_dir)
     return metrics

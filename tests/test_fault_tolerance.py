@@ -1,0 +1,69 @@
+"""Crash and resume, determinism: kill -9 mid-training, rerun with resume=true, end where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from safetensors.torch import load_file
+
+from tests.conftest import DATA_DIR, ROOT, needs_data
+
+pytestmark = needs_data
+
+COMMON = [
+    "task=nli", "task.only=[wnli,qnli]", "composer=mole", "model=tiny", "experts=tiny", "trainer=cpu",
+    "trainer.max_steps=12", "checkpoint_every_n_steps=4", "data.train_limit=40", "data.eval_limit=4", "data.batch_size=4",
+    "optimizer.lr=0.05", "generation.progress=false", f"paths.data_dir={DATA_DIR}",
+]
+
+
+def train(args, tmp_path, run_name):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MOLE_EXP_CACHE": str(tmp_path / "cache")}
+    return subprocess.run(
+        [sys.executable, "train.py", *COMMON, f"paths.outputs_dir={tmp_path / 'outputs'}", f"hydra.run.dir={tmp_path / 'outputs' / run_name}", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_kill_9_then_resume_ends_like_an_uninterrupted_run(tmp_path):
+    reference = train([], tmp_path, "reference")
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    crashed = train(["callbacks=[{_target_:tests.helpers.KillAtStep,step:6}]"], tmp_path, "crashed")
+    assert crashed.returncode == -9, crashed.stderr[-2000:]
+    crashed_dir = tmp_path / "outputs" / "crashed"
+    assert (crashed_dir / "checkpoints" / "last.ckpt").exists() and not (crashed_dir / "metrics.json").exists()
+
+    resumed = train(["resume=true"], tmp_path, "resumed")  # the same command, plus resume=true
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming the unfinished run in" in resumed.stderr + resumed.stdout
+    metrics = json.loads((crashed_dir / "metrics.json").read_text())  # finished in the crashed run's folder
+    reference_metrics = json.loads((tmp_path / "outputs" / "reference" / "metrics.json").read_text())
+    assert metrics["train"]["resumed_from"].endswith("last.ckpt")
+    assert metrics["train"]["steps"] == reference_metrics["train"]["steps"] == 12
+    assert metrics["metrics"] == reference_metrics["metrics"]
+    gates = load_file(str(crashed_dir / "checkpoints" / "composer.safetensors"))
+    reference_gates = load_file(str(tmp_path / "outputs" / "reference" / "checkpoints" / "composer.safetensors"))
+    assert gates.keys() == reference_gates.keys()
+    for name, tensor in reference_gates.items():
+        assert (gates[name] == tensor).all(), name
+    steps = [json.loads(line)["step"] for line in (crashed_dir / "gate_stats.jsonl").read_text().splitlines()]
+    assert steps == list(range(12))
+
+
+def test_same_seed_same_config_same_results(tmp_path, smoke_overrides):
+    from mole_exp.pipeline import run
+    from tests.conftest import compose_cfg
+
+    overrides = smoke_overrides + ["task=nli", "task.only=[wnli]", "trainer.max_steps=4", "optimizer.lr=0.05"]
+    runs = [tmp_path / name for name in ("first", "second")]
+    metrics = [run(compose_cfg(overrides, output_dir=folder)) for folder in runs]
+    assert metrics[0]["metrics"] == metrics[1]["metrics"] and metrics[0]["config_hash"] == metrics[1]["config_hash"]
+    assert metrics[0]["composer"]["temperatures"] == metrics[1]["composer"]["temperatures"]
+    gates = [load_file(str(r / "checkpoints" / "composer.safetensors")) for r in runs]
+    assert all((gates[0][k] == gates[1][k]).all() for k in gates[0])
+    assert (runs[0] / "predictions.jsonl").read_text() == (runs[1] / "predictions.jsonl").read_text()
+    assert (runs[0] / "gate_stats.jsonl").read_text() == (runs[1] / "gate_stats.jsonl").read_text()
