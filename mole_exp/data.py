@@ -26,21 +26,41 @@ def collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForSeq2Seq:
     return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True, return_tensors="pt")
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A fresh seeded permutation each epoch: the order is a function of (seed, epoch) only."""
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
 
-    def __init__(self, size: int, seed: int):
-        self.size, self.seed, self.epoch = size, int(seed), 0
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A fresh seeded permutation each epoch: the order is a function of (seed, epoch) only.
+
+    Under DDP (world size W, per-rank batch b) rank r takes the r-th b-slice of every W*b-slice of the
+    same permutation, so the W ranks together train on exactly the global batches one process with batch
+    W*b would see (set `use_distributed_sampler: false` in the trainer, as conf/trainer/ddp.yaml does).
+    """
+
+    def __init__(self, size: int, seed: int, batch_size: int = 1):
+        self.size, self.seed, self.batch_size, self.epoch = size, int(seed), int(batch_size), 0
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this at every epoch start
         self.epoch = int(epoch)
 
-    def __iter__(self):
+    def _indices(self) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        yield from torch.randperm(self.size, generator=generator).tolist()
+        order = torch.randperm(self.size, generator=generator).tolist()
+        rank, world = _world()
+        if world == 1:
+            return order
+        return [index for position, index in enumerate(order) if (position // self.batch_size) % world == rank]
+
+    def __iter__(self):
+        yield from self._indices()
 
     def __len__(self) -> int:
-        return self.size
+        return len(self._indices())
 
 
 class ResumableDataLoader(DataLoader):
@@ -83,7 +103,7 @@ def train_loader(
     return ResumableDataLoader(
         features,
         batch_size=batch_size,
-        sampler=EpochShuffleSampler(len(features), seed),
+        sampler=EpochShuffleSampler(len(features), seed, batch_size),
         collate_fn=collator(tokenizer),
         num_workers=num_workers,
     )
