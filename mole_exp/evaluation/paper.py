@@ -3,7 +3,7 @@
 One row per printed number: table, suite, dataset, metric, method, value (as printed), printed_as (the
 label as printed) and a note where the printed table is garbled. `OUR_DATASET` is the one place that maps
 the paper's dataset names onto our dataset keys (the keys of `conf/task/<suite>.yaml`, i.e. the middle of
-`test/<dataset>/<metric>` in metrics.json).
+`test/<dataset>/<metric>` in metrics.json); `OUR_SUITES` maps the paper's suites onto our task names.
 """
 
 from __future__ import annotations
@@ -49,6 +49,16 @@ OUR_DATASET: dict[str, str] = {
 }
 
 
+# paper suite (CSV `suite` column) -> the names of our tasks (conf/task/<task>.yaml `name`) whose runs fill its rows
+OUR_SUITES: dict[str, tuple[str, ...]] = {
+    "translation": ("translation",),
+    "struct2text": ("struct2text",),
+    "cbqa": ("cbqa",),
+    "bbh": ("bbh_paper", "bbh_table8", "bbh"),  # Table 3's seven tasks, Table 8's six, all 27
+    "nli": ("nli",),
+}
+
+
 @dataclass(frozen=True)
 class PaperValue:
     table: str
@@ -90,6 +100,11 @@ def our_dataset(paper_dataset: str) -> str:
     if paper_dataset not in OUR_DATASET:
         raise ValueError(f"paper dataset {paper_dataset!r} has no entry in OUR_DATASET (mole_exp/evaluation/paper.py)")
     return OUR_DATASET[paper_dataset]
+
+
+def paper_suite(task_name: str | None) -> str | None:
+    """The paper's suite that one of our tasks belongs to (None: none of the paper's)."""
+    return next((suite for suite, names in OUR_SUITES.items() if task_name in names), None)
 
 
 def last_digit_unit(printed: str) -> Decimal:

@@ -1,0 +1,48 @@
+"""Make the paper's NLP tables (3-8) from run and sweep folders: markdown on stdout, .md/.csv/.tex files.
+
+    python scripts/make_tables.py outputs/multirun/2026-11-26/10-00-00
+    python scripts/make_tables.py --layout table6 --out tables/ sweep_a/ sweep_b/
+
+Reads only the runs' metrics.json and config.yaml (every one under the folders, recursively); the paper's
+numbers come from the package (mole_exp/resources/paper_results.csv). --layout auto makes every table the
+runs are for. Files go to --out (default: the first folder given) as <table>.md, <table>.csv, <table>.tex.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mole_exp.evaluation.run_results import collect_runs
+from mole_exp.evaluation.table_layouts import LAYOUTS, detect_layouts
+from mole_exp.evaluation.table_render import render_markdown, write_table
+from mole_exp.evaluation.tables import build_table
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="+", type=Path, help="run or sweep folders (searched recursively)")
+    parser.add_argument("--layout", default="auto", choices=[*LAYOUTS, "auto"], help="which table (default: auto)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the files (default: the first folder)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    runs = collect_runs(args.folders)
+    if not runs:
+        print(f"no run folders (metrics.json or config.yaml) under {', '.join(map(str, args.folders))}", file=sys.stderr)
+        return 2
+    out_dir = args.out or args.folders[0]
+    layouts = detect_layouts(runs) if args.layout == "auto" else [args.layout]
+    for name in layouts:
+        table = build_table(name, runs)
+        print(render_markdown(table, base=args.folders[0]))
+        for path in write_table(table, out_dir, base=args.folders[0]):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
