@@ -60,7 +60,7 @@ def _check(predictions: list[str], references: list[list[str]]) -> None:
 def exact_match(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
     """Exact string match after stripping whitespace (classification: the option string)."""
     _check(predictions, references)
-    hits = sum(any(p.strip() == r.strip() for r in refs) for p, refs in zip(predictions, references))
+    hits = sum(any(p.strip() == r.strip() for r in refs) for p, refs in zip(predictions, references, strict=True))
     return {"em": 100.0 * hits / len(predictions)}
 
 
@@ -76,19 +76,23 @@ def squad_normalize(text: str) -> str:
 def squad_exact_match(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
     """Exact match after SQuAD normalisation against any gold alias (closed-book QA)."""
     _check(predictions, references)
-    hits = sum(any(squad_normalize(p) == squad_normalize(r) for r in refs) for p, refs in zip(predictions, references))
+    hits = sum(any(squad_normalize(p) == squad_normalize(r) for r in refs) for p, refs in zip(predictions, references, strict=True))
     return {"em": 100.0 * hits / len(predictions)}
 
 
+BBH_LETTER = re.compile(r"^\(?([A-R])\)?(?=$|[\s.:,])")  # "(A)", "(A) text", "A", "A." (BBH has options A-R)
+
+
 def bbh_answer(prediction: str) -> str:
-    """The BBH protocol's answer: the text after 'the answer is' when present, stripped of a final period;
-    a multiple-choice answer is reduced to its '(X)' letter form."""
+    """The BBH protocol's answer of a generation: the text after the last 'the answer is' when present
+    (chain-of-thought), up to the end of that line, without a final period; a multiple-choice answer
+    ("(B)", "(B) some option", a bare "B") is reduced to its "(B)" letter form, as BBH's targets are."""
     text = prediction.strip()
-    match = re.search(r"answer is\s*(.*)", text, flags=re.IGNORECASE | re.DOTALL)
-    if match:
-        text = match.group(1).strip()
-    text = text.rstrip(".").strip()
-    letter = re.match(r"^\(([A-R])\)", text)
+    parts = re.split(r"answer is", text, flags=re.IGNORECASE)
+    if len(parts) > 1:
+        text = parts[-1].strip()
+    text = text.split("\n", 1)[0].strip().rstrip(".").strip()
+    letter = BBH_LETTER.match(text)
     if letter:
         return f"({letter.group(1)})"
     return text
@@ -97,26 +101,34 @@ def bbh_answer(prediction: str) -> str:
 @register_metric("bbh_em", {"em": True}, "em")
 def bbh_exact_match(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
     _check(predictions, references)
-    hits = sum(any(bbh_answer(p) == r.strip() for r in refs) for p, refs in zip(predictions, references))
+    hits = sum(any(bbh_answer(p) == r.strip() for r in refs) for p, refs in zip(predictions, references, strict=True))
     return {"em": 100.0 * hits / len(predictions)}
 
 
-def _bleu_signature(predictions: list[str], references: list[list[str]]) -> dict[str, Any]:
-    import sacrebleu
+def _reference_streams(references: list[list[str]]) -> list[list[str]]:
+    """sacreBLEU's reference streams; an example with fewer references repeats its first one, which
+    leaves BLEU unchanged (clipping takes the max count over references, the length the closest one)."""
+    width = max(len(r) for r in references)
+    return [[refs[k] if k < len(refs) else refs[0] for refs in references] for k in range(width)]
 
-    metric = sacrebleu.metrics.BLEU()
+
+def _bleu_signature(predictions: list[str], references: list[list[str]]) -> dict[str, Any]:
+    """The sacreBLEU signature (nrefs, case, tokenizer 13a, smoothing, version) of `bleu`'s scoring."""
+    from sacrebleu.metrics import BLEU
+
+    metric = BLEU()
+    # the signature needs the number of reference streams, which sacreBLEU learns by scoring: one example does
+    metric.corpus_score(predictions[:1], [stream[:1] for stream in _reference_streams(references)])
     return {"sacrebleu_signature": str(metric.get_signature())}
 
 
 @register_metric("bleu", {"bleu": True}, "bleu", extras=_bleu_signature)
 def bleu(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
     """Corpus sacreBLEU (default tokenizer 13a); several references per example allowed."""
-    import sacrebleu
+    from sacrebleu.metrics import BLEU
 
     _check(predictions, references)
-    width = max(len(r) for r in references)
-    streams = [[refs[k] if k < len(refs) else refs[0] for refs in references] for k in range(width)]
-    return {"bleu": float(sacrebleu.corpus_bleu(predictions, streams).score)}
+    return {"bleu": float(BLEU().corpus_score(predictions, _reference_streams(references)).score)}
 
 
 @register_metric("rouge", {"rouge1": True, "rouge2": True, "rougeL": True}, "rougeL")
@@ -127,7 +139,7 @@ def rouge(predictions: list[str], references: list[list[str]]) -> dict[str, floa
     _check(predictions, references)
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     totals: Counter = Counter()
-    for prediction, refs in zip(predictions, references):
+    for prediction, refs in zip(predictions, references, strict=True):
         scores = [scorer.score(ref, prediction) for ref in refs]
         for name in ("rouge1", "rouge2", "rougeL"):
             totals[name] += max(s[name].fmeasure for s in scores)

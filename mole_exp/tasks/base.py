@@ -93,6 +93,7 @@ class Task:
         options_style: str = "flan",
         seed: int = 0,
         only: list[str] | None = None,
+        args: dict[str, Any] | None = None,
     ):
         if source not in SOURCES:
             raise ValueError(f"task.source={source!r} is not one of {list(SOURCES)}")
@@ -100,6 +101,7 @@ class Task:
             source = "local" if data_dir and Path(data_dir).is_dir() else "hub"
         self.name, self.source, self.data_dir, self.seed = name, source, data_dir, int(seed)
         self.template_version, self.options_style = template_version, options_style
+        self.args = dict(args or {})  # loader args shared by every dataset of the suite; a dataset's own args win
         self.specs = {key: DatasetSpec(name=key, **dict(spec)) for key, spec in datasets.items()}
         for spec in self.specs.values():
             if spec.loader not in LOADERS:
@@ -122,7 +124,7 @@ class Task:
         for key, spec in self.specs.items():
             try:
                 splits = LOADERS[spec.loader](
-                    name=key, source=self.source, data_dir=self.data_dir, seed=self.seed, **dict(spec.args)
+                    name=key, source=self.source, data_dir=self.data_dir, seed=self.seed, **{**self.args, **dict(spec.args)}
                 )
             except DataUnavailableError as error:
                 log.warning("dataset %s skipped: %s", key, error)
@@ -146,6 +148,12 @@ class Task:
             source, target = row["source"], row["target"]
         else:
             source, target = fill_template(spec.template, spec.template_index, row, self.template_version, self.options_style)
+            if row.get("answers") and target not in row["answers"]:
+                raise ValueError(
+                    f"dataset {spec.name}: FLAN template {spec.template}[{spec.template_index}] targets {target[:80]!r}, which is "
+                    f"not one of the row's gold answers {list(row['answers'])[:3]}: that template asks another question of "
+                    f"the data (an inverted template, or the reverse translation direction); choose another template_index"
+                )
         answers = row.get("answers") or [target]
         return {"dataset": spec.name, "source": source, "target": target, "references": list(answers),
                 **({"options": list(row["options"])} if row.get("options") else {})}
