@@ -345,7 +345,14 @@ def load_experts(cfg: Any, base: BaseModel) -> ExpertBank:
         adapters.append((config, modules))
     bank = stack_experts([n for n, _ in entries], [s for _, s in entries], adapters, base)
     by_name = {a["name"]: a for a in manifest.get("adapters", [])}
-    bank.manifest_entries = [by_name.get(n, {}) for n in bank.names]
+    task_of = dict(cfg.get("tasks") or {})  # id lists have no manifest: {expert name or id: dataset key}
+    unknown = sorted(set(task_of) - {n for n, _ in entries} - {s for _, s in entries})
+    if unknown and cfg.get("count") is None:
+        raise ValueError(f"experts.tasks names experts that are not composed: {unknown}")
+    bank.manifest_entries = [
+        {**by_name.get(n, {}), **({"name": n, "task": task_of.get(n, task_of.get(s))} if (n in task_of or s in task_of) else {})}
+        for n, s in entries
+    ]
     layer_range = cfg.get("layer_range")
     if layer_range is not None:
         layer_range = tuple(float(x) for x in layer_range)

@@ -212,8 +212,27 @@ def fit(
     }, trainer
 
 
+def describe(cfg: DictConfig) -> dict[str, Any]:
+    """What a run would do, from its config alone (for dry runs and sweep planning)."""
+    model = cfg.model.get("name_or_path") or cfg.model._target_.rsplit(".", 1)[-1]
+    return {
+        "overrides": list(cfg.get("overrides") or []),
+        "model": str(model),
+        "experts": f"{cfg.experts.source}:{cfg.experts.get('count') or 'all'}",
+        "composer": cfg.composer.name,
+        "task": cfg.task.name,
+        "eval_task": cfg.eval_task.name if cfg.get("eval_task") else cfg.task.name,
+        "max_steps": cfg.trainer.max_steps,
+        "seed": cfg.seed,
+    }
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
+    if cfg.get("dry_run"):
+        plan = describe(cfg)
+        print("[dry run] " + "  ".join(f"{k}={v}" for k, v in plan.items() if k != "overrides") + f"  <- {' '.join(plan['overrides'])}")
+        return {"status": "dry_run", **plan}
     run_dir = Path(cfg.paths.output_dir)
     resume_from = find_resumable_run(cfg, run_dir) if cfg.mode == "train" else None
     if resume_from is not None and resume_from != run_dir:
