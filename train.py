@@ -8,6 +8,7 @@
 import hydra
 from omegaconf import DictConfig
 
+import mole_exp.resolvers  # noqa: F401  (registers ${folder_name:...})
 from mole_exp.pipeline import run
 
 

@@ -10,6 +10,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import mole_exp.resolvers  # noqa: F401
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("MOLE_EXP_DATA", ROOT.parent / "shared" / "data"))
 TOKENIZER_DIR = DATA_DIR / "t5_tokenizer"
