@@ -244,6 +244,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if resume_from is None:
         write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         write_json(run_dir / RUN_STATE_FILE, {"config_hash": config_hash(cfg), "status": "running"})
+    try:
+        return _run(cfg, run_dir, resume_from)
+    except BaseException as error:
+        if not (run_dir / METRICS_FILE).exists():
+            write_json(run_dir / RUN_STATE_FILE, {"config_hash": config_hash(cfg), "status": "failed", "error": f"{type(error).__name__}: {error}"})
+        raise
+
+
+def _run(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str, Any]:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     composer: Composer = build(cfg.composer, _convert_="all")  # validates its options

@@ -67,3 +67,21 @@ def test_same_seed_same_config_same_results(tmp_path, smoke_overrides):
     assert all((gates[0][k] == gates[1][k]).all() for k in gates[0])
     assert (runs[0] / "predictions.jsonl").read_text() == (runs[1] / "predictions.jsonl").read_text()
     assert (runs[0] / "gate_stats.jsonl").read_text() == (runs[1] / "gate_stats.jsonl").read_text()
+
+
+def test_a_failing_sweep_member_leaves_the_others_intact_and_is_listed(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MOLE_EXP_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "train.py", "-m", "task=nli", "task.only=[wnli]", "model=tiny", "experts=tiny", "trainer=cpu",
+         "trainer.max_steps=2", "data.eval_limit=4", "data.train_limit=8", "generation.progress=false",
+         f"paths.data_dir={DATA_DIR}", "experts.count=99,2", f"hydra.sweep.dir={sweep_dir}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0  # the sweep reports the failure ...
+    failed, finished = sorted(sweep_dir.glob("[01]_*"))
+    assert (finished / "metrics.json").exists()  # ... and the other member finished
+    state = json.loads((failed / "run_state.json").read_text())
+    assert state["status"] == "failed" and "experts.count=99" in state["error"]
+    table = subprocess.run([sys.executable, "scripts/make_tables.py", str(sweep_dir)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0 and "failed: ValueError: experts.count=99" in table.stdout

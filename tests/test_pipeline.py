@@ -95,3 +95,14 @@ def test_a_finished_run_is_never_overwritten(tmp_path, smoke_overrides):
 def test_masked_experts_at_inference(tmp_path, smoke_overrides):
     metrics = run(compose_cfg(smoke_overrides + ["task=nli", "task.only=[wnli]", "composer.mask=[tiny_expert_00,3]"], output_dir=tmp_path / "r"))
     assert metrics["composer"]["mask"] == ["tiny_expert_00", 3]
+
+
+@pytest.mark.parametrize("logger,produced", [("csv", "logs/metrics.csv"), ("tensorboard", "logs"), ("wandb", "wandb")])
+def test_each_logger_works_offline(tmp_path, smoke_overrides, monkeypatch, logger, produced):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = tmp_path / "run"
+    cfg = compose_cfg([*smoke_overrides, "task=nli", "task.only=[wnli]", f"logger={logger}", "trainer.log_every_n_steps=1"], output_dir=run_dir)
+    run(cfg)
+    assert (run_dir / produced).exists()
+    assert (run_dir / "metrics.json").exists()

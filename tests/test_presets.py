@@ -114,3 +114,13 @@ def test_other_preset_smoke_runs(tmp_path, preset, overrides, layout):
     result = run_sweep(preset, overrides, sweep_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     assert list(sweep_dir.glob("*/metrics.json"))
+
+
+def test_the_slurm_launcher_config_composes():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher not installed")
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["hydra/launcher=slurm_gpu", "+experiment=paper/table6"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.gpus_per_node == 1

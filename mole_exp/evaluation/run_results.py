@@ -183,6 +183,13 @@ def read_run(run_dir: Path) -> Run:
             return Run(run_dir, {}, None, f"config.yaml is unreadable: {error}")
     metrics_path = run_dir / METRICS_FILE
     if not metrics_path.exists():
+        state_path = run_dir / "run_state.json"  # the pipeline records a failure's error there
+        try:
+            state = read_json(state_path) if state_path.exists() else {}
+        except (json.JSONDecodeError, OSError):
+            state = {}
+        if state.get("status") == "failed":
+            return Run(run_dir, config, None, f"failed: {state.get('error', 'unknown error')}")
         return Run(run_dir, config, None, "no metrics.json (the run did not finish)")
     try:
         metrics = read_json(metrics_path)
