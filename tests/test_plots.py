@@ -1,0 +1,38 @@
+"""Figures 5 and 7 from gate_stats.jsonl files shaped as the training loop writes them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mole_exp.plots import plot_entropy, plot_heatmap
+
+
+def write_run(folder, alpha, steps=5):
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(f"composer:\n  name: mole\n  alpha: {alpha}\ngate:\n  temperature:\n    learnable: true\nseed: 0\n")
+    rows = [
+        {"step": s, "loss": 1.0, "gate_entropy": 1.0 - 0.1 * s,
+         "gates": {"encoder.block.0.layer.0": {"weights": [0.7, 0.2, 0.1], "entropy": 0.8},
+                   "decoder.block.0.layer.0": {"weights": [0.1, 0.1, 0.8], "entropy": 0.6}}}
+        for s in range(steps)
+    ]
+    (folder / "gate_stats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_entropy_and_heatmap_figures_are_written(tmp_path):
+    write_run(tmp_path / "sweep" / "0_with", 0.5)
+    write_run(tmp_path / "sweep" / "1_without", 0.0)
+    fig5 = plot_entropy([tmp_path / "sweep"], tmp_path / "fig5.png")
+    fig7 = plot_heatmap(tmp_path / "sweep" / "0_with", tmp_path / "fig7.png")
+    for figure in (fig5, fig7):
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 10_000
+
+
+def test_a_run_without_gate_statistics_is_a_clear_error(tmp_path):
+    (tmp_path / "nla_run").mkdir()
+    with pytest.raises(FileNotFoundError, match="only gate composers"):
+        plot_heatmap(tmp_path / "nla_run", tmp_path / "x.png")
+    with pytest.raises(FileNotFoundError, match="no gate_stats.jsonl under"):
+        plot_entropy([tmp_path / "nla_run"], tmp_path / "x.png")
