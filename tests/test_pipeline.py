@@ -23,12 +23,12 @@ def test_mole_trains_only_gates_and_writes_results(tmp_path, smoke_overrides, mo
     captured = {}
     original_fit = pipeline.fit
 
-    def spy_fit(cfg, base, composer, examples, run_dir):
+    def spy_fit(cfg, base, composer, examples, run_dir, *rest):
         captured["before"] = {k: v.clone() for k, v in base.model.state_dict().items() if "mole_gate" not in k}
         captured["experts_before"] = {n: (m.lora_A.clone(), m.lora_B.clone()) for n, m in base.model.named_modules() if hasattr(m, "lora_A")}
         captured["trainable"] = sorted(n for n, p in base.model.named_parameters() if p.requires_grad)
         captured["gates_before"] = {n: p.detach().clone() for n, p in base.model.named_parameters() if p.requires_grad}
-        report = original_fit(cfg, base, composer, examples, run_dir)
+        report = original_fit(cfg, base, composer, examples, run_dir, *rest)
         captured["after"] = {k: v for k, v in base.model.state_dict().items() if "mole_gate" not in k}
         captured["experts_after"] = {n: (m.lora_A, m.lora_B) for n, m in base.model.named_modules() if hasattr(m, "lora_A")}
         captured["gates_after"] = {n: p.detach() for n, p in base.model.named_parameters() if p.requires_grad}
