@@ -201,7 +201,8 @@ def fit(
     base.model.train()  # dropout as in ordinary fine-tuning; only the gates receive gradients
     started = time.perf_counter()
     checkpoint = str(resume_from / "checkpoints" / RESUME_CHECKPOINT) if resume_from else None
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=checkpoint)
+    # weights_only: resuming never unpickles arbitrary objects (the checkpoint holds tensors and plain state)
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=checkpoint, weights_only=True)
     return {
         "steps": int(trainer.global_step),
         "seconds": round(time.perf_counter() - started, 2),

@@ -264,8 +264,7 @@ def test_bbh_paper_preset_runs_end_to_end(tmp_path, smoke_overrides):
     assert metrics["task"] == "bbh_paper"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("suite", ["struct2text", "cbqa", "bbh"])
+@pytest.mark.parametrize("suite", ["struct2text", "cbqa", pytest.param("bbh", marks=pytest.mark.slow)])
 def test_suite_runs_end_to_end(suite, tmp_path, smoke_overrides):
     metrics, run_dir = run_suite(suite, smoke_overrides, tmp_path)
     check_run(suite, SUITES[suite], metrics, run_dir)
