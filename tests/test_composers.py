@@ -449,3 +449,33 @@ def test_bench_lorahub_script_writes_json(tmp_path):
                 "--cache-dir", str(tmp_path / "cache"), "--output", str(output)])
     report = json.loads(output.read_text())
     assert report["candidates"] == 2 and report["candidates_per_second"] > 0 and report["num_experts"] == 2
+
+
+def test_a_composer_sweep_fills_one_table_column_per_composer(tmp_path):
+    """`-m composer=mole,nla,lorahub,pems,mixer`: one folder per composer, side by side in the table."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import DATA_DIR, ROOT
+
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"shared task data not found at {DATA_DIR}")
+    sweep_dir = tmp_path / "sweep"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MOLE_EXP_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "train.py", "-m", "composer=mole,nla,lorahub,pems,mixer", "task=nli", "task.only=[wnli]",
+         "model=tiny", "experts=tiny", "experts.count=4", "trainer=cpu", "trainer.max_steps=2", "data.train_limit=16",
+         "data.eval_limit=4", "data.batch_size=4", "generation.progress=false", f"paths.data_dir={DATA_DIR}",
+         f"hydra.sweep.dir={sweep_dir}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    folders = sorted(p.parent.name for p in sweep_dir.glob("*/metrics.json"))
+    assert len(folders) == 5
+    table = subprocess.run([sys.executable, "scripts/make_tables.py", "--layout", "table3", str(sweep_dir)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0, table.stderr[-2000:]
+    header = next(line for line in table.stdout.splitlines() if line.startswith("| suite"))
+    for composer in ("mole", "nla", "lorahub", "pems", "mixer"):
+        assert f"| {composer} |" in header or f"| {composer} " in header, header
