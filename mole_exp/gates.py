@@ -111,10 +111,14 @@ class Gate(nn.Module):
         inv_std = torch.rsqrt((mean_square - mean.square()).clamp_min(0) + NORM_EPS)  # (B, T, N)
         projection = self.projection.to(scaled.dtype)
         if self.input_form == "concat":
-            projected_B = torch.einsum("ndr,ndk->nrk", lora_B, projection)  # (N, r, N): B_i^T e_i
-            dot = torch.einsum("btnr,nrk->btnk", scaled, projected_B)  # <E_i, e_i,:,k>
-            centred = dot - mean[..., None] * projection.sum(dim=1)  # (B, T, N, K)
-            return torch.einsum("btnk,btn->btk", centred, inv_std)  # Eq. 10, summed over experts i
+            # logit_k = sum_i inv_std_i (<E_i, e_ik> - mean_i sum_d e_ik)                   (Eq. 10)
+            #         = sum_{i,r} (inv_std_i u'_ir) (B_i^T e_ik)_r - sum_i (inv_std_i mean_i) sum_d e_ik
+            # one (B*T, N*r) @ (N*r, K) product: no (B, T, N, K) intermediate
+            batch, length, num_experts, rank = scaled.shape
+            projected_B = torch.einsum("ndr,ndk->nrk", lora_B, projection)  # (N, r, K): B_i^T e_i
+            normalized_u = (scaled * inv_std[..., None]).reshape(batch, length, num_experts * rank)  # (B, T, N*r)
+            projected = normalized_u @ projected_B.reshape(num_experts * rank, -1)  # (B, T, K)
+            return projected - (inv_std * mean) @ projection.sum(dim=1)  # (B, T, N) @ (N, K)
         projected_B = torch.einsum("ndr,nd->nr", lora_B, projection)  # (N, r)
         dot = torch.einsum("btnr,nr->btn", scaled, projected_B)
         return (dot - mean * projection.sum(dim=1)) * inv_std
