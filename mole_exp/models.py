@@ -128,12 +128,17 @@ def build_tiny(
     torch.manual_seed(seed)
     from transformers import T5ForConditionalGeneration
 
-    model = T5ForConditionalGeneration(config).to(_dtype(dtype))
+    model = T5ForConditionalGeneration(config)
+    if model.lm_head.weight is model.shared.weight:
+        # transformers 5 always ties T5's head to the embedding at construction; FLAN-T5's head is untied
+        # (and tie_word_embeddings=False above keeps its decoder output unscaled), so give it its own weights
+        model.lm_head.weight = nn.Parameter(torch.randn_like(model.shared.weight) * config.initializer_factor)
+    model = model.to(_dtype(dtype))
     torch.random.set_rng_state(generator_state)
     model.generation_config.max_length = None
     model.eval()
     model_id = (
-        f"tiny-t5-d{d_model}-ff{d_ff}-l{num_layers}x{num_decoder_layers}-h{num_heads}-v{len(tokenizer)}-seed{seed}"
+        f"tiny-t5-d{d_model}-ff{d_ff}-l{num_layers}x{num_decoder_layers}-h{num_heads}-v{len(tokenizer)}-untied-seed{seed}"
     )
     return BaseModel(model=freeze(model), tokenizer=tokenizer, model_id=model_id, family=family_for(model))
 

@@ -101,12 +101,14 @@ class Router(nn.Module):
                 f"gate {scope!r} is computed at {self.gate_inputs[scope]!r}, but {layer.module_name!r} ran first"
             )
         gate = self.gate(scope)
-        if gate.input_form == "hidden":
-            token_logits = gate.token_logits_hidden(hidden)
-        elif expert_outputs is not None:
-            token_logits = gate.token_logits_stacked(expert_outputs)
-        else:
-            token_logits = gate.token_logits_rank_space(rank_inputs, layer.lora_B, layer.scaling)
+        # gate statistics (means, variances) in float32 even under bf16 autocast: they cancel badly in bf16
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            if gate.input_form == "hidden":
+                token_logits = gate.token_logits_hidden(hidden)
+            elif expert_outputs is not None:
+                token_logits = gate.token_logits_stacked(expert_outputs)
+            else:
+                token_logits = gate.token_logits_rank_space(rank_inputs, layer.lora_B, layer.scaling)
         if gate.scope == "token":
             pooled = token_logits
         elif layer.stream == "decoder":
@@ -154,12 +156,16 @@ class Router(nn.Module):
 
     @staticmethod
     def statistics(records: list[tuple[str, torch.Tensor]]) -> dict[str, dict[str, object]]:
-        """Per gate: mean weight per expert and mean entropy of its weight vectors (detached)."""
-        stats: dict[str, dict[str, object]] = {}
-        for scope, probs in records:
-            flat = probs.detach().float().reshape(-1, probs.shape[-1])
-            stats[scope] = {"weights": flat.mean(dim=0).tolist(), "entropy": float(entropy(flat).mean())}
-        return stats
+        """Per gate: mean weight per expert and mean entropy of its weight vectors (detached).
+
+        Computed on the device and copied to the host once (one sync per call, not one per gate)."""
+        if not records:
+            return {}
+        flats = [probs.detach().float().reshape(-1, probs.shape[-1]) for _, probs in records]
+        means = torch.stack([flat.mean(dim=0) for flat in flats])  # (G, N)
+        entropies = torch.stack([entropy(flat).mean() for flat in flats])  # (G,)
+        table = torch.cat([means, entropies[:, None]], dim=1).cpu().tolist()  # the one host copy
+        return {scope: {"weights": row[:-1], "entropy": row[-1]} for (scope, _), row in zip(records, table)}
 
     @contextmanager
     def collect(self):

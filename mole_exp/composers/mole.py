@@ -104,9 +104,10 @@ class MoLEComposer(Composer):
         if not records:
             return {}
         stats = Router.statistics(records)
+        temperatures = torch.stack([self.router.gate(s).temperature().detach() for s in stats])
         return {
             "gate_entropy": sum(s["entropy"] for s in stats.values()) / len(stats),
-            "temperature": sum(float(self.router.gate(s).temperature().detach()) for s in stats) / len(stats),
+            "temperature": float(temperatures.mean()),
             "gates": stats,
         }
 

@@ -1,0 +1,122 @@
+"""Issue 7's benchmark script on the tiny model, CPU: every configuration runs and is recorded with finite
+numbers, and rank-space / stacked / loop / PEFT agree. No timing assertions (CI timings mean nothing)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERTS = (2, 4)
+TARGETS = ("qv", "all")
+VARIANTS = ("rank_space", "stacked", "loop", "peft")
+
+
+def load_script_main():
+    spec = importlib.util.spec_from_file_location("bench_mole_script", ROOT / "scripts" / "bench_mole.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "results.json"
+    main = load_script_main()
+    result = main([
+        "--model", "tiny", "--device", "cpu", "--experts", ",".join(map(str, EXPERTS)), "--targets", ",".join(TARGETS),
+        "--batch", "2", "--source-len", "12", "--target-len", "6", "--repeats", "1", "--warmup", "0",
+        "--gen-tokens", "3", "--gen-repeats", "1", "--threads", "1", "--out", str(out),
+    ])
+    return result, out
+
+
+def test_every_configuration_is_recorded_with_finite_numbers(bench_run):
+    result, out = bench_run
+    on_disk = json.loads(out.read_text())
+    assert on_disk["settings"]["experts"] == list(EXPERTS)
+    assert on_disk["device"]["type"] == "cpu" and on_disk["device"]["name"] and on_disk["device"]["torch"]
+    memory = on_disk["settings"]["memory_metric"]
+    base = on_disk["base"]
+    assert base["status"] == "ok" and finite(base["step_ms_median"]) and base["step_ms_median"] > 0
+    assert base["trainable_params"] == 1 and base["losses_finite"]
+    assert base["generation"]["status"] == "ok" and finite(base["generation"]["tokens_per_s"])
+    assert base["generation"]["new_tokens"] == 3
+    configs = {(c["targets"], c["experts"], c["variant"]): c for c in on_disk["configs"]}
+    assert set(configs) == {(t, n, v) for t in TARGETS for n in EXPERTS for v in ("base", *VARIANTS)}
+    for key, record in configs.items():
+        assert record["status"] == "ok", (key, record.get("reason"))
+        if key[2] == "base":  # the floor again, measured before each (targets, N) group
+            assert finite(record["step_ms_median"]) and record["trainable_params"] == 1, key
+            continue
+        assert finite(record["step_ms_median"]) and record["step_ms_median"] > 0, key
+        assert finite(record["ratio_to_base"]) and record["ratio_to_base"] > 0, key
+        assert record["losses_finite"] and record["repeats_done"] == 1, key
+        assert record["trainable_params"] > 0, key
+        if not memory.startswith("n/a"):
+            assert finite(record["peak_gib"]) and finite(record["peak_over_base_gib"]), key
+        if key[2] in ("rank_space", "peft"):
+            generation = record["generation"]
+            assert generation["status"] == "ok" and finite(generation["tokens_per_s"]) and finite(generation["ratio_to_base"]), key
+    # MoLE trains the gates only; PEFT and the base train the one input scalar
+    assert all(configs[(t, n, "peft")]["trainable_params"] == 1 for t in TARGETS for n in EXPERTS)
+    assert configs[("qv", 4, "rank_space")]["trainable_params"] == configs[("qv", 4, "stacked")]["trainable_params"] > 1
+    assert result["configs"] == on_disk["configs"]
+
+
+def test_rank_space_stacked_loop_and_peft_compute_the_same_function(bench_run):
+    result, _ = bench_run
+    rows = {(a["targets"], a["experts"]): a for a in result["agreement"]}
+    assert set(rows) == {(t, n) for t in TARGETS for n in EXPERTS}
+    for key, row in rows.items():
+        for pair in ("rank_space_vs_stacked", "loop_vs_rank_space"):
+            check = row[pair]
+            assert check is not None, (key, pair)
+            assert finite(check["logits_max_abs_diff"]) and check["logits_max_rel_diff"] < 1e-4, (key, pair, check)
+            assert check["gates_max_abs_diff"] < 1e-5, (key, pair, check)
+        peft = row["peft_vs_mole_uniform_gates"]
+        assert peft is not None and peft["logits_max_rel_diff"] < 1e-4, (key, peft)
+
+
+def test_markdown_report_is_written_next_to_the_json(bench_run):
+    result, out = bench_run
+    markdown = out.with_suffix(".md").read_text()
+    assert "Gate-training step" in markdown and "Peak memory" in markdown and "Agreement" in markdown
+    for variant in VARIANTS:
+        assert variant in markdown
+
+
+def test_issue_targets_are_evaluated_not_asserted():
+    from mole_exp.bench import evaluate_targets, render_markdown
+
+    def record(variant, experts, ms, peak):
+        return {"targets": "qv", "experts": experts, "variant": variant, "status": "ok", "step_ms_median": ms,
+                "ratio_to_base": ms / 100.0, "peak_gib": peak, "peak_over_base_gib": peak - 10.0, "experts_gib": 0.5}
+
+    result = {
+        "settings": {"targets": ["qv"], "variants": list(VARIANTS), "model": "x", "precision": "bf16", "model_dtype": "float32",
+                     "batch": 1, "source_len": 1, "target_len": 1, "rank": 16, "granularity": "layer", "input_form": "concat",
+                     "scope": "sequence", "warmup": 1, "repeats": 1, "memory_metric": "m", "gen_tokens": 0},
+        "device": {"name": "fake", "torch": "x"},
+        "base": {"status": "ok", "step_ms_median": 100.0, "peak_gib": 10.0},
+        "configs": [record("rank_space", 8, 120.0, 10.5), record("rank_space", 48, 160.0, 11.0), record("peft", 48, 600.0, 10.2),
+                    record("rank_space", 128, 190.0, 13.0), {"targets": "qv", "experts": 128, "variant": "stacked", "status": "skipped", "reason": "estimated 900 GiB > limit (would OOM)"}],
+        "agreement": [],
+    }
+    rows = {row["name"]: row for row in evaluate_targets(result)}
+    assert rows["MoLE step / base step, N=8"]["met"] is True
+    assert rows["MoLE step / base step, N=48"]["met"] is False
+    assert rows["MoLE step / base step, N=128"]["met"] is True
+    assert rows["PEFT multi-adapter step / MoLE step, N=48"]["value"] == pytest.approx(3.75)
+    assert rows["MoLE peak memory - base peak (GiB), N=128"]["met"] is False
+    result["targets"] = list(rows.values())
+    markdown = render_markdown(result)
+    assert "skip (OOM est.)" in markdown and "Issue 7 targets" in markdown
