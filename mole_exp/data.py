@@ -18,7 +18,7 @@ def tokenize(
     targets = tokenizer(text_target=[e["target"] for e in examples], max_length=max_target_length, truncation=True)
     return [
         {"input_ids": ids, "attention_mask": mask, "labels": labels}
-        for ids, mask, labels in zip(sources["input_ids"], sources["attention_mask"], targets["input_ids"])
+        for ids, mask, labels in zip(sources["input_ids"], sources["attention_mask"], targets["input_ids"], strict=True)
     ]
 
 

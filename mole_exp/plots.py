@@ -75,7 +75,7 @@ def plot_entropy(folders: list[Path], out: Path) -> Path:
         gates = rows[-1].get("gates") or {}
         if gates:
             per_gate = [g["weights"] for g in gates.values()]
-            mean_weights = [sum(col) / len(col) for col in zip(*per_gate)]
+            mean_weights = [sum(col) / len(col) for col in zip(*per_gate, strict=True)]
             positions = [i + index * width for i in range(len(mean_weights))]
             right.bar(positions, mean_weights, width=width, label=label)
     left.set_xlabel("training step")

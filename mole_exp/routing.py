@@ -165,7 +165,7 @@ class Router(nn.Module):
         means = torch.stack([flat.mean(dim=0) for flat in flats])  # (G, N)
         entropies = torch.stack([entropy(flat).mean() for flat in flats])  # (G,)
         table = torch.cat([means, entropies[:, None]], dim=1).cpu().tolist()  # the one host copy
-        return {scope: {"weights": row[:-1], "entropy": row[-1]} for (scope, _), row in zip(records, table)}
+        return {scope: {"weights": row[:-1], "entropy": row[-1]} for (scope, _), row in zip(records, table, strict=True)}
 
     @contextmanager
     def collect(self):

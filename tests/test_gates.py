@@ -177,7 +177,7 @@ def test_generation_with_and_without_cache_is_identical(tiny_bank, scope, num_be
         results[use_cache] = out
     assert torch.equal(results[True].sequences, results[False].sequences)
     assert len(set(results[True].sequences.flatten().tolist())) > 2  # the test decodes real tokens
-    for with_cache, without_cache in zip(results[True].scores, results[False].scores):
+    for with_cache, without_cache in zip(results[True].scores, results[False].scores, strict=True):
         torch.testing.assert_close(with_cache, without_cache, rtol=1e-4, atol=1e-4)  # float32 op order differs
 
 

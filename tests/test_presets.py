@@ -22,9 +22,8 @@ SMOKE = ["model=tiny", "experts=tiny", "trainer.max_steps=2", "data.eval_limit=8
 
 def sweep_members(preset: str, extra: list[str] = ()) -> list[list[str]]:
     """The override lists a `-m +experiment=paper/<preset>` sweep expands to (BasicSweeper's cartesian product)."""
-    from omegaconf import OmegaConf
-
     from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"+experiment=paper/{preset}", *extra], return_hydra_config=True)

@@ -45,7 +45,7 @@ def generate(model, tokenizer, sources: list[str], max_new_tokens: int, settings
             [sources[i] for i in index], return_tensors="pt", padding=True, truncation=True, max_length=settings.max_source_length
         ).to(device)
         output = model.generate(**encoded, max_new_tokens=max_new_tokens, num_beams=settings.num_beams, do_sample=False)
-        for i, text in zip(index, postprocess(tokenizer.batch_decode(output, skip_special_tokens=True))):
+        for i, text in zip(index, postprocess(tokenizer.batch_decode(output, skip_special_tokens=True)), strict=True):
             predictions[i] = text
     return predictions
 
@@ -99,7 +99,7 @@ def evaluate_task(
         counts[dataset] = len(examples)
         rows.extend(
             {"dataset": dataset, "input": e["source"], "prediction": p, "references": e["references"], "metric": spec.metric}
-            for e, p in zip(examples, predictions)
+            for e, p in zip(examples, predictions, strict=True)
         )
         log.info("%s: %s", dataset, {k: round(v, 2) for k, v in values.items()})
     average_key = metric_key(split, task.name, AVERAGE)

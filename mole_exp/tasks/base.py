@@ -164,7 +164,7 @@ class Task:
             raise ValueError(f"data.mixture={strategy!r} is not one of {list(MIXTURES)}")
         mixture = []
         rng = random.Random(self.seed)
-        for key, rows in self.train.items():
+        for rows in self.train.values():
             rows = list(rows)
             if strategy == "capped" and cap is not None and len(rows) > cap:
                 rows = rng.sample(rows, cap)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import string
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
 TEMPLATE_VERSIONS = {"v1": "flan_templates_v1.json", "v2": "flan_templates_v2.json"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_templates(version: str = "v1") -> dict[str, list[dict[str, str]]]:
     if version not in TEMPLATE_VERSIONS:
         raise ValueError(f"task.template_version={version!r} is not one of {sorted(TEMPLATE_VERSIONS)}")
