@@ -296,6 +296,27 @@ def check_manifest(manifest: dict[str, Any], base: BaseModel, where: str) -> Non
         )
 
 
+def precheck(cfg: Any) -> None:
+    """The experts config's own errors, found before any model is loaded (source, selection, count)."""
+    source = cfg.get("source")
+    if source not in SOURCES:
+        raise ValueError(f"experts.source={source!r} is not one of {list(SOURCES)}")
+    if cfg.get("selection", "first") not in SELECTIONS:
+        raise ValueError(f"experts.selection={cfg.get('selection')!r} is not one of {list(SELECTIONS)}")
+    count = cfg.get("count")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise ValueError(f"experts.count={count!r} must be a positive integer or null (all)")
+    if source == "list" and count is not None:
+        ids = list(cfg.get("ids") or [])
+        ids_file = cfg.get("ids_file")
+        if ids_file and not Path(str(ids_file)).exists():
+            ids += packaged_id_list(str(ids_file))
+        elif ids_file:
+            ids += [l.strip() for l in Path(str(ids_file)).read_text().splitlines() if l.strip() and not l.startswith("#")]
+        if count > len(ids):
+            raise ValueError(f"experts.count={count} but the library at {ids_file or 'experts.ids'} holds {len(ids)} adapters (allowed 1..{len(ids)})")
+
+
 def resolve_entries(cfg: Any, base: BaseModel) -> tuple[list[tuple[str, str]], dict[str, Any], str]:
     """The adapters the experts config names, before reading any weights: [(name, source)], manifest, where."""
     source = cfg.get("source")

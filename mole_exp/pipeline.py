@@ -25,6 +25,7 @@ from mole_exp.composers.base import Composer, SearchData
 from mole_exp.data import collator, tokenize, train_loader
 from mole_exp.evaluation.evaluator import GenerationSettings, evaluate_task, score_examples
 from mole_exp.experts import load_experts
+from mole_exp.experts import precheck as precheck_experts
 from mole_exp.io import METRICS_FILE, PREDICTIONS_FILE, guard_run_dir, write_atomic, write_json, write_jsonl
 from mole_exp.lit_module import ComposerLitModule, GateStatisticsWriter
 from mole_exp.models import BaseModel
@@ -70,6 +71,7 @@ def validate(cfg: DictConfig) -> None:
         value = cfg.data.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"data.{key}={value!r} must be a positive integer or null")
+    precheck_experts(cfg.experts)
     max_steps = cfg.trainer.get("max_steps", -1)
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps == 0 or max_steps < -1:
         raise ValueError(f"trainer.max_steps={max_steps!r} must be a positive integer (or -1 with max_epochs)")

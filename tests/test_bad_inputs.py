@@ -170,3 +170,58 @@ def test_unknown_group_option_lists_the_available_ones(tmp_path):
     )
     assert result.returncode != 0
     assert "Could not find 'composer/moe'" in result.stderr and "mole" in result.stderr
+
+
+@needs_data
+def test_wrong_types_name_the_value(tmp_path, smoke_overrides):
+    for override, message in [
+        ("data.batch_size=twelve", "data.batch_size='twelve' must be a positive integer"),
+        ("data.eval_limit=1.5", "data.eval_limit=1.5 must be a positive integer or null"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            run(compose_cfg(smoke_overrides + [override], output_dir=tmp_path / "r"))
+    with pytest.raises(ValueError, match=r"experts.count='eight' must be a positive integer or null"):
+        run(compose_cfg(smoke_overrides + ["experts.count=eight", "task.only=[wnli]"], output_dir=tmp_path / "r2"))
+
+
+def test_a_missing_shared_data_folder(tmp_path):
+    from mole_exp.tasks import Task
+
+    task = Task("nli", {"wnli": {"loader": "wnli", "metric": "exact_match", "template": "wnli"}}, source="local", data_dir=str(tmp_path / "no_shared"))
+    with pytest.raises(FileNotFoundError, match=r"local data file .*no_shared/glue/WNLI/train.tsv does not exist.*task.source=hub \(dataset 'nyu-mll/glue"):
+        task.load()
+    # the tiny model still builds without the shared vocabulary: a small one is trained, with a warning
+    from mole_exp.models import build_tiny
+
+    with pytest.warns(UserWarning, match="no T5 vocabulary"):
+        base = build_tiny(str(tmp_path / "no_shared" / "t5_tokenizer"))
+    assert base.tokenizer("yes no").input_ids
+
+
+def test_empty_datasets(tmp_path):
+    from mole_exp.tasks import Task
+    from mole_exp.tasks.base import LOADERS, LoadedSplits
+
+    LOADERS["empty_for_test"] = lambda **_: LoadedSplits(train=[{"source": "a", "target": "b"}], test=[])
+    try:
+        task = Task("t", {"empty": {"loader": "empty_for_test", "metric": "exact_match"}}, source="local", data_dir=str(tmp_path))
+        with pytest.raises(ValueError, match="dataset empty: the evaluation split is empty"):
+            task.load()
+    finally:
+        del LOADERS["empty_for_test"]
+    from mole_exp.evaluation.metrics import exact_match
+
+    with pytest.raises(ValueError, match="cannot score an empty evaluation set"):
+        exact_match([], [])
+
+
+def test_expert_count_beyond_the_lorahub_list_fails_before_any_model_loads(tmp_path, monkeypatch):
+    from mole_exp import models
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not be loaded")
+
+    monkeypatch.setattr(models, "load_pretrained", no_model)
+    with pytest.raises(ValueError, match=r"experts.count=197 but the library at lorahub holds 196 adapters \(allowed 1..196\)"):
+        run(compose_cfg(["experts.count=197", f"paths.data_dir={tmp_path}"], output_dir=tmp_path / "r"))
+    assert not (tmp_path / "r" / "metrics.json").exists()
