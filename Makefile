@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SMOKE_ARGS := task=nli composer=mole model=tiny experts=tiny trainer=cpu trainer.max_steps=20 data.eval_limit=16
 
-.PHONY: install test test-all smoke lint clean-outputs
+.PHONY: install test test-all smoke lint reproduce-mini bench
 
 install:  ## create .venv and install the package with its dev extras (torch 2.13 from the local wheel)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -23,3 +23,9 @@ smoke:  ## MoLE gates on the tiny T5 over the real NLI data, 20 steps, offline
 
 lint:
 	$(BIN)/ruff check mole_exp scripts tests train.py eval.py
+
+reproduce-mini:  ## the paper's NLP studies in miniature, offline: small pretrained T5 + synthetic tasks, 3 seeds (~15 min on 2 CPU cores) -> docs/reproduce_mini.md, docs/figures/
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/reproduce_mini.py
+
+bench:  ## MoLE step time / memory vs the base, the per-expert loop and PEFT (tiny shape on CPU; use --device cuda --model flan-t5-large on a GPU)
+	$(BIN)/python scripts/bench_mole.py --model tiny --device cpu --experts 8,24,48,128 --targets qv

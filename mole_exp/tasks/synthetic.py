@@ -17,7 +17,9 @@ A composite kind chains letter operations left to right: `reverse+shift` reverse
 
 The test split is drawn first and the training split never repeats a test input. The data depend only
 on `data_seed` (not on the run's seed), so experts, composers and every seed of a sweep share one
-held-out test set.
+held-out test set. Symbol strings fall in one of two pools by a hash of the string: the tasks draw from
+the `tasks` pool, the small base's pretraining (mole_exp/small_base.py) from the `pretraining` pool, so no
+test input is ever seen in pretraining.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ LETTER_OPERATIONS: dict[str, Callable[[list[str], list[str]], list[str]]] = {
     "dedupe": _dedupe,
 }
 NUMBER_KINDS = ("add",)
+POOLS = ("tasks", "pretraining")
 KINDS = (*LETTER_OPERATIONS, *NUMBER_KINDS)
 
 
@@ -75,7 +78,15 @@ def task_tag(kind: str) -> str:
     return " ".join(kind.split("+"))
 
 
+def in_pool(text: str, pool: str) -> bool:
+    """Which pool a symbol string belongs to (a fixed hash: half the strings each)."""
+    if pool not in POOLS:
+        raise ValueError(f"synthetic pool={pool!r} is not one of {list(POOLS)}")
+    return zlib.crc32(text.encode()) % 2 == POOLS.index(pool)
+
+
 def letter_example(kind: str, rng: random.Random, symbols: list[str], min_length: int, max_length: int) -> tuple[str, str]:
+    """(the symbols, the output) of a letter task."""
     steps = operations(kind)
     length = rng.randint(min_length, max_length)
     letters = [rng.choice(symbols) for _ in range(length)]
@@ -85,12 +96,12 @@ def letter_example(kind: str, rng: random.Random, symbols: list[str], min_length
     output = letters
     for step in steps:
         output = LETTER_OPERATIONS[step](output, symbols)
-    return f"{task_tag(kind)}: {' '.join(letters)}", " ".join(output)
+    return " ".join(letters), " ".join(output)
 
 
 def addition_example(rng: random.Random) -> tuple[str, str]:
     a, b = rng.randint(10, 99), rng.randint(10, 99)
-    return f"add: {' '.join(str(a))} + {' '.join(str(b))}", " ".join(str(a + b))
+    return f"{' '.join(str(a))} + {' '.join(str(b))}", " ".join(str(a + b))
 
 
 def make_example(kind: str, rng: random.Random, symbols: list[str], min_length: int, max_length: int) -> tuple[str, str]:
@@ -100,10 +111,18 @@ def make_example(kind: str, rng: random.Random, symbols: list[str], min_length: 
 
 
 def generate_splits(
-    kind: str, num_train: int, num_test: int, data_seed: int, alphabet_size: int = 10, min_length: int = 3, max_length: int = 8
+    kind: str,
+    num_train: int,
+    num_test: int,
+    data_seed: int,
+    alphabet_size: int = 8,
+    min_length: int = 2,
+    max_length: int = 5,
+    pool: str = "tasks",
 ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """(train, test) rows {source, target, answers}; test inputs never occur in train."""
+    """(train, test) rows {source, target, answers, symbols}; test inputs never occur in train."""
     operations(kind)
+    in_pool("", pool)
     if not 2 <= min_length <= max_length:
         raise ValueError(f"synthetic lengths must satisfy 2 <= min_length <= max_length (got {min_length}, {max_length})")
     symbols = alphabet(alphabet_size)
@@ -114,16 +133,16 @@ def generate_splits(
         rows, attempts = [], 0
         while len(rows) < count:
             attempts += 1
-            if attempts > 50 * count + 1000:
+            if attempts > 100 * count + 2000:
                 raise ValueError(
                     f"synthetic {kind}: cannot draw {count} distinct inputs (only {len(rows)} found); "
                     f"raise max_length or alphabet_size, or ask for fewer examples"
                 )
-            source, target = make_example(kind, rng, symbols, min_length, max_length)
-            if source in seen:
+            text, target = make_example(kind, rng, symbols, min_length, max_length)
+            if text in seen or not in_pool(text, pool):
                 continue
-            seen.add(source)
-            rows.append({"source": source, "target": target, "answers": [target]})
+            seen.add(text)
+            rows.append({"source": f"{task_tag(kind)}: {text}", "target": target, "answers": [target], "symbols": text})
         return rows
 
     test = draw(num_test)
@@ -141,9 +160,9 @@ def load_synthetic(
     num_train: int = 1000,
     num_test: int = 100,
     data_seed: int = 0,
-    alphabet_size: int = 10,
-    min_length: int = 3,
-    max_length: int = 8,
+    alphabet_size: int = 8,
+    min_length: int = 2,
+    max_length: int = 5,
 ) -> LoadedSplits:
     """Rows already carry `source` and `target` (the task config sets no template)."""
     kind = kind or name

@@ -1,0 +1,62 @@
+"""How big the mini reproduction is: the full run (`make reproduce-mini`) and the --fast one (tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MiniSettings:
+    name: str
+    seeds: tuple[int, ...]
+    tasks: tuple[str, ...]  # datasets of conf/task/synthetic.yaml that get an expert (and are composed)
+    model: tuple[str, ...]  # overrides of conf/model/small_synthetic.yaml
+    data: tuple[str, ...]  # overrides of both synthetic task configs (task.args.*)
+    experts_training: tuple[str, ...]  # overrides of conf/train_experts.yaml's experts_training
+    compose: tuple[str, ...]  # overrides shared by every composition run (conf/train.yaml)
+    counts: tuple[int, ...]  # Table 6: experts.count values besides "all"
+    temperatures: tuple[float, ...]  # Table 7: fixed raised gate temperatures (with alpha = 0)
+    granularities: tuple[str, ...] = ("matrix", "layer", "block", "network")
+    default_granularity: str = "layer"  # the MoLE of Tables 3, 6, 7 and Figure 8 (conf/train.yaml's default)
+
+
+COMPOSE_COMMON = (
+    "trainer=cpu",
+    "+trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=10",
+    "checkpoint_every_n_steps=null",
+    "generation.progress=false",
+    "data.max_source_length=64",
+    "data.max_target_length=32",
+)
+
+FULL = MiniSettings(
+    name="full",
+    seeds=(0, 1, 2),
+    tasks=("copy", "reverse", "sort", "shift", "dedupe", "add"),
+    model=(),  # conf/model/small_synthetic.yaml as it is
+    data=(),  # conf/task/synthetic*.yaml as they are
+    experts_training=(),  # conf/train_experts.yaml as it is
+    # the paper's 800 steps of batch 12; AdamW's customary 1e-3 (the paper's 1e-5 is for FLAN-T5's scale), for all
+    compose=(*COMPOSE_COMMON, "trainer.max_steps=800", "data.batch_size=12", "data.eval_batch_size=100",
+             "optimizer.lr=1.0e-3"),
+    counts=(2, 4),
+    temperatures=(2.0, 5.0, 10.0),
+)
+
+FAST = MiniSettings(
+    name="fast",
+    seeds=(0,),
+    tasks=("copy", "reverse", "add"),
+    model=("model.architecture.d_model=32", "model.architecture.d_kv=8", "model.architecture.d_ff=64",
+           "model.architecture.num_layers=1", "model.architecture.num_decoder_layers=1", "model.architecture.num_heads=2",
+           "model.pretrain.steps=4", "model.pretrain.examples_per_kind=16", "model.pretrain.batch_size=8"),
+    data=("task.args.num_train=16", "task.args.num_test=4"),
+    experts_training=("experts_training.train.steps=2", "experts_training.train.batch_size=8", "experts_training.lora.rank=4",
+                      "experts_training.lora.alpha=8", "experts_training.eval_limit=4"),
+    compose=(*COMPOSE_COMMON, "trainer.max_steps=3", "data.batch_size=4", "data.eval_batch_size=16", "optimizer.lr=1.0e-2"),
+    counts=(2,),
+    temperatures=(5.0,),
+)
+
+PRESETS = {s.name: s for s in (FULL, FAST)}

@@ -1,0 +1,118 @@
+"""The paper's NLP studies in miniature, offline and seeded, on a CPU: small T5 + synthetic string tasks.
+
+    python scripts/reproduce_mini.py                 # full: ~30 min on 2 CPU cores -> docs/reproduce_mini.md + PNGs
+    python scripts/reproduce_mini.py --fast --out /tmp/mini --docs /tmp/mini/docs     # tiny sizes, 1 seed (tests)
+
+Stages: (1) pretrain the small base (model=small_synthetic; cached under paths.cache_dir), (2) train one LoRA
+per synthetic task (scripts/train_experts.py's code; the library lands in <out>/libraries, reused on reruns),
+(3) compose them with every registered composer on the held-out mixture and on the held-out two-skill task,
+for each seed, plus the ablations (granularity, L_balance and temperature, expert count, masking), (4) write
+the tables and figures. Runs already finished (their metrics.json exists) are not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from anywhere without installing
+
+from mole_exp.mini.settings import PRESETS  # noqa: E402
+
+log = logging.getLogger("reproduce_mini")
+CONF_DIR = ROOT / "conf"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fast", action="store_true", help="tiny sizes, one seed, a few steps (the test suite's variant)")
+    parser.add_argument("--out", type=Path, default=None, help="runs and the library (default: outputs/reproduce_mini[_fast])")
+    parser.add_argument("--docs", type=Path, default=None, help="where the report and figures go (default: docs/, or <out>/docs with --fast)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
+    parser.add_argument("--jobs", type=int, default=2, help="composition runs in parallel (worker processes, 1 torch thread each)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for pretraining and expert training (default: --jobs)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="paths.data_dir (holds t5_tokenizer/); default: conf/paths")
+    return parser.parse_args(argv)
+
+
+def compose(config_name: str, overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("lightning", "lightning.pytorch", "mole_exp.pipeline", "mole_exp.evaluation.evaluator"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    import dataclasses
+
+    import torch
+
+    from mole_exp.expert_training import run_from_config
+    from mole_exp.mini.plan import make_plan
+    from mole_exp.mini.report import make_figures, write_outcomes, write_report
+    from mole_exp.mini.runner import run_all
+    from mole_exp.pipeline import build
+
+    settings = PRESETS["fast" if args.fast else "full"]
+    if args.seeds:
+        settings = dataclasses.replace(settings, seeds=tuple(args.seeds))
+    out = (args.out or ROOT / "outputs" / f"reproduce_mini{'_fast' if args.fast else ''}").resolve()
+    docs = (args.docs or (out / "docs" if args.fast else ROOT / "docs")).resolve()
+    paths = [f"paths.outputs_dir={out}"] + ([f"paths.data_dir={args.data_dir.resolve()}"] if args.data_dir else [])
+    torch.set_num_threads(args.threads or max(1, args.jobs))
+    timings: dict[str, float] = {}
+
+    started = time.perf_counter()
+    model_cfg = compose("train_experts", [*paths, *settings.model])
+    base = build(model_cfg.model)
+    timings["1. pretrain the small base (or load it from the cache)"] = time.perf_counter() - started
+    base_info = {"model_id": base.model_id, "pretraining": _pretraining_summary(model_cfg)}
+    del base
+
+    started = time.perf_counter()
+    only = f"experts_training.tasks=[{','.join(settings.tasks)}]"
+    library_cfg = compose("train_experts", [*paths, *settings.model, *settings.data, *settings.experts_training, only])
+    library_dir = run_from_config(library_cfg)
+    manifest = json.loads((library_dir / "manifest.json").read_text())
+    base_info["library_dir"] = str(library_dir)
+    timings["2. train the expert library (or reuse it)"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    plan = make_plan(settings, library_dir, out, CONF_DIR, extra=tuple(paths))
+    for name, why in plan.skipped.items():
+        log.warning("composer %s skipped: %s", name, why)
+    outcomes = run_all(plan.runs, CONF_DIR, jobs=args.jobs, threads_per_job=1)
+    timings[f"3. {len(plan.runs)} composition runs ({args.jobs} in parallel)"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    prefix = "reproduce_mini_" if not args.fast else "reproduce_mini_fast_"
+    figures = make_figures(plan, docs / "figures", prefix)
+    timings["4. tables and figures"] = time.perf_counter() - started
+    timings["total"] = sum(timings.values())
+    command = "python scripts/reproduce_mini.py" + (" --fast" if args.fast else "")
+    page = write_report(docs / f"{prefix.rstrip('_')}.md", settings, plan, outcomes, manifest, base_info, figures, timings, command)
+    write_outcomes(out / "outcomes.json", outcomes, timings)
+    failed = [o for o in outcomes if o.status in ("failed", "blocked")]
+    log.info("report: %s (%d runs, %d failed or blocked); stage seconds: %s", page, len(outcomes), len(failed),
+             {k: round(v) for k, v in timings.items()})
+    print(page)
+    return 1 if failed else 0
+
+
+def _pretraining_summary(cfg) -> str:
+    pretrain = cfg.model.get("pretrain") or {}
+    return f"{pretrain.get('objective')} objective, {pretrain.get('steps')} steps of batch {pretrain.get('batch_size')}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The mini reproduction: its plan composes into valid configs, its tables read runs, and the --fast variant
+runs end to end (~15 s on a quiet 2-core CPU): pretrain -> experts -> every composer -> tables and figures."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from mole_exp.mini.plan import RunSpec, make_plan
+from mole_exp.mini.runner import compose_train_config
+from mole_exp.mini.settings import FAST, FULL
+from mole_exp.mini.tables import dataset_table, format_cell
+from tests.conftest import DATA_DIR, ROOT
+
+CONF = ROOT / "conf"
+
+
+def test_plan_covers_every_study_and_composes_into_valid_configs(tmp_path):
+    plan = make_plan(FAST, tmp_path / "lib", tmp_path / "out", CONF, extra=(f"paths.data_dir={DATA_DIR}",))
+    studies = {r.study for r in plan.runs}
+    assert studies == {"table3", "compose", "granularity", "balance", "count", "mask"}
+    assert len({r.run_dir for r in plan.runs}) == len(plan.runs)  # every run its own folder
+    assert {r.label for r in plan.study("table3")} == {"single", "nla", "lorahub", "pems", "mixer", "mole"}
+    assert {r.facts["granularity"] for r in plan.study("granularity")} == {"matrix", "block", "network"}
+    masks = [r for r in plan.study("mask") if r.composer == "mole"]
+    assert all(r.needs == next(t.run_dir for t in plan.study("table3") if t.label == "mole") for r in masks)
+    for run in plan.runs:
+        cfg = compose_train_config(CONF, list(run.overrides), run.run_dir)
+        assert cfg.composer.name == run.composer and cfg.seed == run.seed and cfg.paths.output_dir == str(run.run_dir)
+        assert cfg.experts.library_dir == str(tmp_path / "lib")
+    compose_runs = plan.study("compose")
+    assert all(compose_train_config(CONF, list(r.overrides), r.run_dir).task.name == "synthetic_compose" for r in compose_runs)
+    full = make_plan(FULL, tmp_path / "lib", tmp_path / "out", CONF)
+    assert {r.seed for r in full.runs} == set(FULL.seeds) and len(full.study("balance")) == len(FULL.seeds) * (1 + len(FULL.temperatures))
+
+
+def test_unregistered_composers_are_skipped_with_a_reason(tmp_path, monkeypatch):
+    from mole_exp import composers
+
+    monkeypatch.delitem(composers.COMPOSERS, "pems")
+    plan = make_plan(FAST, tmp_path / "lib", tmp_path / "out", CONF)
+    assert "pems" in plan.skipped and "not registered" in plan.skipped["pems"]
+    assert not [r for r in plan.runs if r.composer == "pems"]
+
+
+def test_tables_aggregate_seeds_and_say_what_is_missing(tmp_path):
+    assert format_cell([]) == "—" and format_cell([], failures=1) == "failed (1)"
+    assert format_cell([50.0]) == "50.0" and format_cell([40.0, 60.0]) == "50.0 ± 14.1 (n=2)"
+    specs = []
+    for seed, value in ((0, 40.0), (1, 60.0)):
+        run_dir = tmp_path / f"seed{seed}"
+        run_dir.mkdir()
+        (run_dir / "metrics.json").write_text(json.dumps({"metrics": {"test/copy/em": value, "test/synthetic/avg": value}}))
+        specs.append(RunSpec("table3", "mole", seed, (), run_dir, "mole"))
+    failed = tmp_path / "failed"
+    failed.mkdir()
+    (failed / "run_state.json").write_text('{"status": "failed"}')
+    table = dataset_table({"mole": specs, "nla": [RunSpec("table3", "nla", 0, (), failed, "nla")]}, ["copy"], "synthetic")
+    assert "| copy | 50.0 ± 14.1 (n=2) | failed (1) |" in table
+    assert "| **average** | 50.0 ± 14.1 (n=2) | failed (1) |" in table
+
+
+def test_fast_reproduction_end_to_end(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("reproduce_mini_script", ROOT / "scripts" / "reproduce_mini.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out, docs = tmp_path / "out", tmp_path / "docs"
+    assert script.main(["--fast", "--out", str(out), "--docs", str(docs), "--jobs", "1", "--data-dir", str(DATA_DIR)]) == 0
+
+    page = (docs / "reproduce_mini_fast.md").read_text()
+    for heading in ("Table 3 style", "two-skill task", "Table 7 style", "Table 9 style", "Table 6 style", "Figure 8 style", "Timings"):
+        assert heading in page
+    assert "failed" not in page.lower()
+    for figure in ("reproduce_mini_fast_figure5_gate_entropy.png", "reproduce_mini_fast_figure7_gate_weights.png"):
+        assert (docs / "figures" / figure).stat().st_size > 1000 and f"figures/{figure}" in page
+    outcomes = json.loads((out / "outcomes.json").read_text())
+    assert outcomes["runs"] and all(r["status"] == "completed" for r in outcomes["runs"])
+    runs = list(Path(out, "runs").rglob("metrics.json"))
+    assert len(runs) == len(outcomes["runs"])
+    mole = json.loads((out / "runs" / "table3" / "mole" / "seed0" / "metrics.json").read_text())
+    assert mole["experts"]["names"] == list(FAST.tasks) and "test/synthetic/avg" in mole["metrics"]
+
+    # a rerun reuses the cached base, the library and every finished run
+    assert script.main(["--fast", "--out", str(out), "--docs", str(docs), "--jobs", "1", "--data-dir", str(DATA_DIR)]) == 0
+    again = json.loads((out / "outcomes.json").read_text())
+    assert all(r["status"] == "reused" for r in again["runs"])
