@@ -38,8 +38,9 @@ def test_ddp_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_
     assert ddp_metrics["train"]["steps"] == single_metrics["train"]["steps"] == 5
     moved = False
     for name, tensor in single_gates.items():
-        # float summation order differs across ranks; a different batch would move gates by ~lr (0.05)
-        assert (ddp_gates[name] - tensor).abs().max() < 1e-4, name
+        # float summation order differs across ranks and Adam amplifies it in near-zero gradient entries
+        # (seen: up to 2e-4); a different batch would move the gates by ~lr = 0.05 per step
+        assert (ddp_gates[name] - tensor).abs().max() < 2e-3, name
         moved |= bool((tensor != 0).any())
     assert moved  # the gates trained (they start at 0)
     assert not (tmp_path / "ddp" / "metrics.json.tmp").exists()
