@@ -296,6 +296,19 @@ def check_manifest(manifest: dict[str, Any], base: BaseModel, where: str) -> Non
         )
 
 
+def listed_ids(cfg: Any) -> list[str]:
+    """The adapters of an `experts.source=list` config: `ids` plus the lines of `ids_file` (a path or a packaged list)."""
+    ids = list(cfg.get("ids") or [])
+    ids_file = cfg.get("ids_file")
+    if ids_file:
+        path = Path(str(ids_file))
+        if path.exists():
+            ids += [l.strip() for l in path.read_text().splitlines() if l.strip() and not l.startswith("#")]
+        else:
+            ids += packaged_id_list(str(ids_file))
+    return ids
+
+
 def precheck(cfg: Any) -> None:
     """The experts config's own errors, found before any model is loaded (source, selection, count)."""
     source = cfg.get("source")
@@ -307,14 +320,10 @@ def precheck(cfg: Any) -> None:
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         raise ValueError(f"experts.count={count!r} must be a positive integer or null (all)")
     if source == "list" and count is not None:
-        ids = list(cfg.get("ids") or [])
-        ids_file = cfg.get("ids_file")
-        if ids_file and not Path(str(ids_file)).exists():
-            ids += packaged_id_list(str(ids_file))
-        elif ids_file:
-            ids += [l.strip() for l in Path(str(ids_file)).read_text().splitlines() if l.strip() and not l.startswith("#")]
+        ids = listed_ids(cfg)
         if count > len(ids):
-            raise ValueError(f"experts.count={count} but the library at {ids_file or 'experts.ids'} holds {len(ids)} adapters (allowed 1..{len(ids)})")
+            where = cfg.get("ids_file") or "experts.ids"
+            raise ValueError(f"experts.count={count} but the library at {where} holds {len(ids)} adapters (allowed 1..{len(ids)})")
 
 
 def resolve_entries(cfg: Any, base: BaseModel) -> tuple[list[tuple[str, str]], dict[str, Any], str]:
@@ -331,14 +340,8 @@ def resolve_entries(cfg: Any, base: BaseModel) -> tuple[list[tuple[str, str]], d
         entries, manifest = read_library(cfg.library_dir)
         where = str(cfg.library_dir)
     else:
-        ids = list(cfg.get("ids") or [])
+        ids = listed_ids(cfg)
         ids_file = cfg.get("ids_file")
-        if ids_file:
-            path = Path(str(ids_file))
-            if path.exists():
-                ids += [l.strip() for l in path.read_text().splitlines() if l.strip() and not l.startswith("#")]
-            else:
-                ids += packaged_id_list(str(ids_file))
         if not ids:
             raise ValueError("experts.source=list needs experts.ids (Hub ids or folders) or experts.ids_file")
         entries = [(_short_name(i), i) for i in ids]

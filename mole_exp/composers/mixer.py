@@ -26,11 +26,11 @@ import torch
 import torch.nn as nn
 
 from mole_exp.composers.base import Composer, register_composer
+from mole_exp.composers.mole import attach_router
 from mole_exp.composers.token_router import TopKRouter, balance_loss, specialization_loss
 from mole_exp.experts import ExpertBank
 from mole_exp.family import GRANULARITIES
 from mole_exp.gates import Gate
-from mole_exp.layers import MoLELinear
 from mole_exp.models import BaseModel
 
 log = logging.getLogger(__name__)
@@ -62,16 +62,8 @@ def inject_mixer(
             in_features = model.get_submodule(name).in_features
             gates[scope] = Gate(len(bank), in_features, input_form="hidden", scope="token", temperature=temperature, init_std=init_std)
             gate_inputs[scope] = name
-    for name in routed:
-        parent_name, _, leaf = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        stream = family.position(name).stream
-        setattr(parent, leaf, MoLELinear(getattr(parent, leaf), bank.targets[name], name, family.scope(name, granularity), stream))
-    device = next(model.parameters()).device
-    router = TopKRouter(gates, gate_inputs, num_experts=len(bank), top_k=top_k).to(device)
-    model.add_module(ROUTER_ATTRIBUTE, router)
-    router.attach(model, family.stack_modules(model))
-    return router
+    router = TopKRouter(gates, gate_inputs, num_experts=len(bank), top_k=top_k)
+    return attach_router(base, bank, routed, granularity, router, ROUTER_ATTRIBUTE)
 
 
 @register_composer("mixer")

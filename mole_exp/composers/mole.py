@@ -50,14 +50,21 @@ def inject_mole(base: BaseModel, bank: ExpertBank, gate_cfg: dict[str, Any], imp
             init_std=float(gate_cfg.get("init_std", 0.0)),
         )
         gate_inputs[scope] = name
-    device = next(model.parameters()).device
+    router = Router(gates, gate_inputs, num_experts=len(bank), implementation=implementation)
+    return attach_router(base, bank, module_names, granularity, router, "mole_gate")
+
+
+def attach_router(base: BaseModel, bank: ExpertBank, module_names: list[str], granularity: str, router: Router, attribute: str) -> Router:
+    """Wrap each named linear in a MoLELinear (its experts, its gate scope, its token stream) and attach
+    `router` as `model.<attribute>`, the prefix of every trainable parameter."""
+    model, family = base.model, base.family
     for name in module_names:
         parent_name, _, leaf = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        position = family.position(name)
-        setattr(parent, leaf, MoLELinear(getattr(parent, leaf), bank.targets[name], name, family.scope(name, granularity), position.stream))
-    router = Router(gates, gate_inputs, num_experts=len(bank), implementation=implementation).to(device)
-    model.add_module("mole_gate", router)
+        stream = family.position(name).stream
+        setattr(parent, leaf, MoLELinear(getattr(parent, leaf), bank.targets[name], name, family.scope(name, granularity), stream))
+    router = router.to(next(model.parameters()).device)
+    model.add_module(attribute, router)
     router.attach(model, family.stack_modules(model))
     return router
 
