@@ -4,7 +4,10 @@ One process, one run, on a FLAN-T5-shaped model with random weights (no download
 
     base        the frozen model alone; gradient flows to one scalar that scales the encoder's input
                 embeddings (the floor: full backward through the network, nothing else trains)
-    rank_space  MoLE, implementation="rank_space" (the default: never materialises the expert outputs)
+    rank_space  MoLE, implementation="rank_space" (the default: never materialises the expert outputs;
+                backward recomputes u = A x from x instead of keeping it)
+    rank_space_saved  MoLE, implementation="rank_space_saved" (the same, keeping u and the gate's
+                r-space intermediates for backward: no recomputation, more memory)
     stacked     MoLE, implementation="stacked" (the reference: materialises E (B, T, N, d_out))
     loop        MoLE with each expert's delta s_i B_i A_i x computed in a Python loop and weighted by its
                 gate in output space (benchmark-only `LoopMoLELinear`; gates computed exactly as rank_space)
@@ -16,7 +19,9 @@ AdamW step on the trainable parameters (MoLE: task loss + alpha * L_balance, as 
 autocast on CUDA. Before timing, each variant's fp32 outputs on a small slice of the batch are compared
 (rank_space vs stacked, loop vs rank_space, PEFT vs MoLE with uniform gates) so the timings compare equal math.
 
-Memory: on CUDA `torch.cuda.max_memory_allocated` (peak over the steps, reset after set-up); on CPU the
+Memory: `saved_gib`, the bytes autograd keeps for backward in one training forward (tensors saved by
+any op, deduplicated by storage, parameters and buffers excluded; device-independent, so it is the
+memory figure to read on CPU), and the peak: on CUDA `torch.cuda.max_memory_allocated` (peak over the steps, reset after set-up); on CPU the
 process's peak RSS (VmHWM, reset through /proc/self/clear_refs after set-up; glibc heap trimmed first),
 which includes everything the process holds, so compare `peak_over_base_gib`, not absolute values.
 
@@ -80,8 +85,8 @@ COMMON_CONFIG = dict(
     eos_token_id=1,
 )
 TARGET_SETS = {"qv": ("q", "v"), "all": ("q", "k", "v", "o", "wi_0", "wi_1", "wo")}
-VARIANTS = ("rank_space", "stacked", "loop", "peft")
-MOLE_VARIANTS = ("rank_space", "stacked", "loop")
+VARIANTS = ("rank_space", "rank_space_saved", "stacked", "loop", "peft")
+MOLE_VARIANTS = ("rank_space", "rank_space_saved", "stacked", "loop")
 GENERATION_VARIANTS = ("rank_space", "peft")
 
 # Issue 7's targets, for the GPU run. Recorded and reported, never asserted.
@@ -227,12 +232,23 @@ def is_oom(error: BaseException) -> bool:
 # ---------------------------------------------------------------------------------------------- model, data, experts
 
 
-def build_model(shape: str, device: torch.device, dtype: torch.dtype, dropout: float, seed: int) -> BaseModel:
-    from transformers import T5Config, T5ForConditionalGeneration
-
+def shape_config(shape: str, layers: int | None = None) -> dict[str, int]:
+    """`shape`'s hyper-parameters; `layers` keeps its widths with that many encoder and decoder blocks
+    (per-layer costs unchanged: a wide shape that fits a CPU run)."""
     if shape not in SHAPES:
         raise ValueError(f"--model {shape!r} is not one of {sorted(SHAPES)}")
-    config = T5Config(**COMMON_CONFIG, **SHAPES[shape], dropout_rate=dropout)
+    config = dict(SHAPES[shape])
+    if layers is not None:
+        if layers < 1:
+            raise ValueError(f"--layers {layers} must be >= 1")
+        config.update(num_layers=layers, num_decoder_layers=layers)
+    return config
+
+
+def build_model(shape: str, device: torch.device, dtype: torch.dtype, dropout: float, seed: int, layers: int | None = None) -> BaseModel:
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(**COMMON_CONFIG, **shape_config(shape, layers), dropout_rate=dropout)
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     with torch.device(device):
@@ -245,7 +261,8 @@ def build_model(shape: str, device: torch.device, dtype: torch.dtype, dropout: f
     model = model.to(device=device, dtype=dtype)
     model.generation_config.max_length = None
     freeze(model)
-    return BaseModel(model=model, tokenizer=None, model_id=f"random-{shape}", family=family_for(model))
+    model_id = f"random-{shape}" + (f"-{layers}+{layers}-layers" if layers is not None else "")
+    return BaseModel(model=model, tokenizer=None, model_id=model_id, family=family_for(model))
 
 
 def make_batch(batch: int, source_len: int, target_len: int, vocab: int, device: torch.device, seed: int) -> dict[str, torch.Tensor]:
@@ -269,10 +286,13 @@ def target_module_names(base: BaseModel, projections: tuple[str, ...]) -> list[s
     return names
 
 
-def random_bank(base: BaseModel, module_names: list[str], num_experts: int, rank: int, seed: int) -> ExpertBank:
-    """N random LoRA experts per module: A ~ N(0, 1/d_in), B ~ N(0, 0.1^2/r), s_i = alpha_i / r in [1, 2]."""
+def random_bank(
+    base: BaseModel, module_names: list[str], num_experts: int, rank: int, seed: int, dtype: torch.dtype | None = None
+) -> ExpertBank:
+    """N random LoRA experts per module: A ~ N(0, 1/d_in), B ~ N(0, 0.1^2/r), s_i = alpha_i / r in [1, 2],
+    held in `dtype` (default: the model's)."""
     weight = next(base.model.parameters())
-    device, dtype = weight.device, weight.dtype
+    device, dtype = weight.device, dtype or weight.dtype
     generator = torch.Generator(device=device).manual_seed(seed)
     scaling = torch.empty(num_experts, device=device).uniform_(1.0, 2.0, generator=generator)
     targets = {}
@@ -328,7 +348,7 @@ class LoopMoLELinear(MoLELinear):
     @classmethod
     def from_layer(cls, layer: MoLELinear) -> LoopMoLELinear:
         experts = TargetExperts(layer.lora_A, layer.lora_B, layer.scaling)
-        loop = cls(layer.base_layer, experts, layer.module_name, layer.gate_key, layer.stream)
+        loop = cls(layer.base_layer, experts, layer.module_name, layer.gate_key, layer.stream, layer.lora_A.dtype)
         loop.bind(layer._router[0])
         return loop
 
@@ -347,8 +367,9 @@ class LoopMoLELinear(MoLELinear):
 
 def inject_variant(base: BaseModel, bank: ExpertBank, gate_cfg: dict[str, Any], variant: str, seed: int):
     torch.manual_seed(seed)  # same gate initialisation for every variant
-    implementation = "stacked" if variant == "stacked" else "rank_space"
-    router = inject_mole(base, bank, gate_cfg, implementation=implementation)
+    implementation = variant if variant in ("stacked", "rank_space_saved") else "rank_space"
+    expert_dtype = next(iter(bank.targets.values())).lora_A.dtype  # as the bank holds them (--expert-dtype)
+    router = inject_mole(base, bank, gate_cfg, implementation=implementation, expert_dtype=expert_dtype)
     if variant == "loop":
         for name in bank.targets:
             parent_name, _, leaf = name.rpartition(".")
@@ -460,6 +481,10 @@ def estimate_costs(
         low_rank = 4.0 * n * n_e * r * (d_in + d_out)  # forward + input-gradient backward
         # saved-activation factors roughly calibrated on the tiny model (CPU, fp32): within ~30%
         if variant == "rank_space":
+            flops += low_rank + 2.0 * n * n_e * r * d_in  # u recomputed in backward
+            saved += n * d_in * act_bytes
+            ops += 14
+        elif variant == "rank_space_saved":
             flops += low_rank
             saved += n * n_e * r * (act_bytes + 4)
             ops += 12
@@ -486,10 +511,11 @@ def estimate_costs(
             if variant == "stacked" and input_form != "hidden":
                 traffic += 10.0 * n * n_e * d_out * 4
                 saved += 2.0 * n * n_e * d_out * 4
-            elif input_form == "concat":  # rank-space gate: (B, T, N, N) per-expert logits
+            elif input_form == "concat":  # rank-space gate: one (B*T, N*r) @ (N*r, N) product
                 flops += 6.0 * n * n_e * r * n_e
-                traffic += 6.0 * n * n_e * n_e * 4
-                saved += 1.0 * n * n_e * n_e * 4 + 2.0 * n * n_e * r * 4
+                traffic += 6.0 * n * n_e * r * 4
+                if variant != "rank_space":  # rank_space recomputes the gate's intermediates in backward
+                    saved += 3.0 * n * n_e * r * 4
     return {"flops": flops, "traffic_bytes": traffic, "ops": ops, "saved_bytes": saved, "static_bytes": static}
 
 
@@ -526,6 +552,23 @@ def make_train_step(model, batch, parameters, router, alpha: float, device, prec
         return loss.detach()
 
     return step
+
+
+def saved_for_backward_bytes(step: Callable[[], Any], model: nn.Module) -> int:
+    """Run one training step, counting the bytes autograd keeps for backward during its forward: every
+    saved tensor's storage once, parameters and buffers excluded. Device-independent activation memory."""
+    held = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in held:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        step()
+    return sum(storages.values())
 
 
 def timed(
@@ -600,7 +643,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="flan-t5-large", choices=sorted(SHAPES), help="shape of the random-weight FLAN-T5")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast on CUDA, fp32 on CPU")
-    parser.add_argument("--model-dtype", default="float32", choices=["float32", "bfloat16"], help="dtype of the frozen weights and experts")
+    parser.add_argument("--model-dtype", default="float32", choices=["float32", "bfloat16"], help="dtype of the frozen weights")
+    parser.add_argument("--expert-dtype", default="auto", choices=["auto", "model", "bfloat16"],
+                        help="dtype the experts are held in, by every variant: auto = bfloat16 under bf16 autocast, else the model's")
+    parser.add_argument("--layers", type=int, default=None, help="encoder and decoder blocks (default: the shape's); widths unchanged")
     parser.add_argument("--experts", default="8,24,48,128", help="comma-separated expert counts N")
     parser.add_argument("--targets", default="qv,all", help=f"comma-separated target sets from {sorted(TARGET_SETS)}")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)} (base always runs)")
@@ -643,6 +689,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--variants: {variant!r} is not one of {list(VARIANTS)}")
     if not args.experts or min(args.experts) < 1:
         parser.error("--experts needs positive integers")
+    if args.layers is not None and args.layers < 1:
+        parser.error(f"--layers {args.layers}: need at least 1 encoder and 1 decoder block")
     return args
 
 
@@ -655,7 +703,9 @@ class Bench:
         self.precision = args.precision if args.precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
         self.model_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.model_dtype]
         self.act_bytes = 2 if (self.precision == "bf16" or self.model_dtype == torch.bfloat16) else 4
-        self.weight_bytes = 2 if self.model_dtype == torch.bfloat16 else 4
+        expert_dtype = args.expert_dtype if args.expert_dtype != "auto" else ("bfloat16" if self.precision == "bf16" else "model")
+        self.expert_dtype = torch.bfloat16 if expert_dtype == "bfloat16" else self.model_dtype
+        self.weight_bytes = 2 if self.expert_dtype == torch.bfloat16 else 4
         self.meter = MemoryMeter(self.device, fixed_mmap_threshold=args.cpu_exact_rss)
         self.started = time.perf_counter()
         cpu = self.device.type == "cpu"
@@ -694,6 +744,7 @@ class Bench:
         record["trainable_params"] = int(sum(p.numel() for p in parameters))
         step = make_train_step(model, batch, parameters, router, args.alpha, self.device, self.precision)
         model.train()
+        record["saved_gib"] = saved_for_backward_bytes(step, model) / GIB  # one extra, untimed step
         self.meter.reset_peak()
         times, losses, note = timed(step, args.warmup, args.repeats, self.device, self.max_config_seconds)
         record["peak_gib"] = self.meter.peak()
@@ -782,7 +833,7 @@ class Bench:
         torch.manual_seed(args.seed)
         log(f"building random {args.model} on {device} ({self.precision}, weights {args.model_dtype})")
         t0 = time.perf_counter()
-        base = build_model(args.model, device, self.model_dtype, args.dropout, args.seed)
+        base = build_model(args.model, device, self.model_dtype, args.dropout, args.seed, args.layers)
         model = base.model
         batch = make_batch(args.batch, args.source_len, args.target_len, model.config.vocab_size, device, args.seed)
         gen_batch_size = args.gen_batch or args.batch
@@ -799,7 +850,8 @@ class Bench:
                 **{k: v for k, v in vars(args).items()},
                 "precision": self.precision,
                 "memory_metric": self.meter.metric,
-                "model_config": {**COMMON_CONFIG, **SHAPES[args.model], "dropout_rate": args.dropout},
+                "model_config": {**COMMON_CONFIG, **shape_config(args.model, args.layers), "dropout_rate": args.dropout},
+                "expert_dtype": str(self.expert_dtype).removeprefix("torch."),
                 "model_params": int(sum(p.numel() for p in model.parameters())),
                 "untied_head": model.lm_head.weight is not model.shared.weight,
                 "gate": self.gate_cfg,
@@ -871,7 +923,7 @@ class Bench:
         reference_base = group_base if group_base.get("status") == "ok" else self.result["base"]
         building: dict[str, Any] = {}
         holder: list[ExpertBank] = []
-        self.guarded(building, lambda: holder.append(random_bank(base, module_names, num_experts, args.rank, args.seed + num_experts)))
+        self.guarded(building, lambda: holder.append(random_bank(base, module_names, num_experts, args.rank, args.seed + num_experts, self.expert_dtype)))
         if not holder:  # the experts alone do not fit: every variant of the group fails the same way
             for variant in args.variants:
                 self.result["configs"].append({"targets": target_set, "experts": num_experts, "variant": variant,
@@ -901,6 +953,8 @@ class Bench:
                 record["ratio_to_base"] = record["step_ms_median"] / reference_base["step_ms_median"]
                 if record.get("peak_gib") is not None and reference_base.get("peak_gib") is not None:
                     record["peak_over_base_gib"] = record["peak_gib"] - reference_base["peak_gib"]
+                if reference_base.get("saved_gib") is not None:
+                    record["saved_over_base_gib"] = record["saved_gib"] - reference_base["saved_gib"]
                 generation = record.get("generation")
                 base_generation = self.result["base"].get("generation") or {}
                 if generation and generation.get("status") == "ok" and base_generation.get("status") == "ok":
@@ -915,6 +969,7 @@ class Bench:
                 "experts": num_experts,
                 "check_batch": args.check_batch,
                 "rank_space_vs_stacked": compare(references.get("rank_space"), references.get("stacked")),
+                "saved_vs_rank_space": compare(references.get("rank_space_saved"), references.get("rank_space")),
                 "loop_vs_rank_space": compare(references.get("loop"), references.get("rank_space")),
                 "peft_vs_mole_uniform_gates": compare(references.get("peft"), references.get("rank_space_uniform")),
             }
@@ -1048,10 +1103,12 @@ def _fmt(value: float | None, spec: str = ".3g") -> str:
 def render_markdown(result: dict[str, Any]) -> str:
     settings, device, base = result["settings"], result["device"], result.get("base") or {}
     variants = [v for v in VARIANTS if v in settings["variants"]]
+    model_config = settings.get("model_config") or {}
     lines = [
         f"# MoLE benchmark: {settings['model']} (random weights) on {device.get('name')}",
         "",
-        f"torch {device.get('torch')}, {settings['precision']}, weights {settings['model_dtype']}; "
+        f"torch {device.get('torch')}, {settings['precision']}, weights {settings['model_dtype']}, experts {settings.get('expert_dtype')}; "
+        f"{model_config.get('num_layers', '?')}+{model_config.get('num_decoder_layers', '?')} blocks; "
         f"batch {settings['batch']} x ({settings['source_len']} + {settings['target_len']}) tokens; rank {settings['rank']}; "
         f"gate {settings['granularity']}/{settings['input_form']}/{settings['scope']}; "
         f"warm-up {settings['warmup']}, median of {settings['repeats']}. Memory: {settings['memory_metric']}.",
@@ -1088,6 +1145,18 @@ def render_markdown(result: dict[str, Any]) -> str:
         any_record = next((r for r in result["configs"] if r["targets"] == targets and r["experts"] == experts), {})
         row_base = _row_base(result, targets, experts)
         lines.append(f"| {targets} | {experts} | {_fmt(any_record.get('experts_gib'))} | {_fmt(row_base.get('peak_gib'))} | " + " | ".join(cells) + " |")
+    lines += ["", "## Kept for backward: GiB of saved activations (over base), device-independent", "",
+              f"| targets | N | base | {header_variants} |", "|" + "---|" * (3 + len(variants))]
+    for targets, experts in keys:
+        cells = []
+        for v in variants:
+            record = _find(result, targets, experts, v)
+            if record is not None and record.get("status") == "ok" and _finite(record.get("saved_gib")):
+                cells.append(f"{record['saved_gib']:.3g} (+{_fmt(record.get('saved_over_base_gib'))})")
+            else:
+                cells.append("-" if record is None else _status(record))
+        row_base = _row_base(result, targets, experts)
+        lines.append(f"| {targets} | {experts} | {_fmt(row_base.get('saved_gib'))} | " + " | ".join(cells) + " |")
     gen_variants = [v for v in GENERATION_VARIANTS if v in variants]
     if settings.get("gen_tokens", 0) > 0 and gen_variants:
         base_gen = base.get("generation") or {}
@@ -1102,14 +1171,14 @@ def render_markdown(result: dict[str, Any]) -> str:
     check_dtype = "fp32" if settings.get("model_dtype") == "float32" else f"{settings.get('model_dtype')} weights"
     lines += ["", f"## Agreement ({check_dtype}, no autocast, eval, first {settings.get('check_batch')} examples): "
               "max |diff| of logits (relative) / of gate weights", "",
-              "| targets | N | rank_space vs stacked | loop vs rank_space | PEFT vs MoLE uniform gates |", "|---|---|---|---|---|"]
+              "| targets | N | rank_space vs stacked | rank_space_saved vs rank_space | loop vs rank_space | PEFT vs MoLE uniform gates |", "|---|---|---|---|---|---|"]
     for row in result.get("agreement", []):
         def cell(c):
             if not c:
                 return "-"
             text = f"{c['logits_max_abs_diff']:.2e} ({c['logits_max_rel_diff']:.1e})"
             return text + (f" / {c['gates_max_abs_diff']:.1e}" if "gates_max_abs_diff" in c else "")
-        lines.append(f"| {row['targets']} | {row['experts']} | {cell(row['rank_space_vs_stacked'])} | {cell(row['loop_vs_rank_space'])} | {cell(row['peft_vs_mole_uniform_gates'])} |")
+        lines.append(f"| {row['targets']} | {row['experts']} | {cell(row['rank_space_vs_stacked'])} | {cell(row.get('saved_vs_rank_space'))} | {cell(row['loop_vs_rank_space'])} | {cell(row['peft_vs_mole_uniform_gates'])} |")
     if result.get("targets"):
         lines += ["", "## Issue 7 targets (for the GPU run; informational here)", "", "| target | targets | value | limit | met |", "|---|---|---|---|---|"]
         for row in result["targets"]:

@@ -18,9 +18,10 @@ Other input forms: `per_expert` (e_i in R^d per expert, logit_i = <norm E_i, e_i
 instead of N*d*N) and `hidden` (the authors' released code: logits from the LayerNorm-ed input x).
 
 Two mathematically equal implementations of the expert-output forms are provided:
-`stacked` materialises E (B, T, N, d) (the reference), `rank_space` never does: with
+`stacked` materialises E (B, T, N, d) (the reference), `rank_space` / `rank_space_saved` never do: with
 u_i = A_i x and E_i = s_i B_i u_i, the per-token mean, norm and projection of E_i are all
-functions of u_i and small r-space matrices (B_i^T e, 1^T B_i, B_i^T B_i).
+functions of u_i and small r-space matrices (B_i^T e, 1^T B_i, B_i^T B_i). `rank_space` (the default)
+also recomputes u in backward instead of keeping it (mole_exp/rank_space.py); `rank_space_saved` keeps it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 
 INPUT_FORMS = ("concat", "per_expert", "hidden")
 SCOPES = ("sequence", "token")
-IMPLEMENTATIONS = ("rank_space", "stacked")
+IMPLEMENTATIONS = ("rank_space", "rank_space_saved", "stacked")
 NORM_EPS = 1e-5
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 
+from mole_exp import rank_space
 from mole_exp.experts import TargetExperts
 
 if TYPE_CHECKING:
@@ -20,10 +21,18 @@ if TYPE_CHECKING:
 
 
 class MoLELinear(nn.Module):
-    def __init__(self, base_layer: nn.Linear, experts: TargetExperts, module_name: str, gate_key: str, stream: str):
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        experts: TargetExperts,
+        module_name: str,
+        gate_key: str,
+        stream: str,
+        expert_dtype: torch.dtype | None = None,
+    ):
         super().__init__()
         self.base_layer = base_layer
-        device, dtype = base_layer.weight.device, base_layer.weight.dtype
+        device, dtype = base_layer.weight.device, expert_dtype or base_layer.weight.dtype
         # frozen experts: buffers, not parameters, and not saved in checkpoints (they come from the library)
         self.register_buffer("lora_A", experts.lora_A.to(device, dtype), persistent=False)  # (N, r, d_in)
         self.register_buffer("lora_B", experts.lora_B.to(device, dtype), persistent=False)  # (N, d_out, r)
@@ -53,16 +62,21 @@ class MoLELinear(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # hidden: (B, T, d_in)
         base_output = self.base_layer(hidden)  # (B, T, d_out)
         router = self._router[0]
-        rank_inputs = torch.einsum("bti,nri->btnr", hidden, self.lora_A)  # (B, T, N, r): u_i = A_i x
+        dtype = rank_space.compute_dtype(hidden)  # experts may be held in another dtype (composer.expert_dtype)
         if router.implementation == "stacked":
-            expert_outputs = torch.einsum("btnr,nor->btno", rank_inputs, self.lora_B) * self.scaling[:, None]  # (B, T, N, d_out)
+            rank_inputs = rank_space.rank_inputs(hidden, self.lora_A.to(dtype))  # (B, T, N, r): u_i = A_i x
+            expert_outputs = torch.einsum("btnr,nor->btno", rank_inputs, self.lora_B.to(dtype)) * self.scaling[:, None]  # (B, T, N, d_out)
             gate_probs = router.gate_weights(self, hidden, rank_inputs, expert_outputs)  # (B, T or 1, N)
             mixed = torch.einsum("btno,btn->bto", expert_outputs, gate_probs.to(expert_outputs.dtype))  # Eq. 12
-        else:
+        elif router.implementation == "rank_space_saved":
+            rank_inputs = rank_space.rank_inputs(hidden, self.lora_A.to(dtype))  # (B, T, N, r), kept for backward
             gate_probs = router.gate_weights(self, hidden, rank_inputs, None)  # (B, T or 1, N)
             # B_cat diag(g * s (x) 1_r) A_cat x: one rank-N*r LoRA with per-example weights in r-space
             weighted = rank_inputs * (gate_probs.to(rank_inputs.dtype) * self.scaling)[..., None]  # (B, T, N, r)
-            mixed = torch.einsum("btnr,nor->bto", weighted, self.lora_B)
+            mixed = torch.einsum("btnr,nor->bto", weighted, self.lora_B.to(dtype))
+        else:  # rank_space: the same contraction; backward recomputes u from x (mole_exp/rank_space.py)
+            gate_probs = router.gate_weights(self, hidden, None, None)  # (B, T or 1, N)
+            mixed = rank_space.mix(hidden, self.lora_A, self.lora_B, gate_probs * self.scaling)  # Eq. 12
         return base_output + mixed.to(base_output.dtype)  # Eq. 13
 
     def extra_repr(self) -> str:

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
+from mole_exp import rank_space
 from mole_exp.gates import IMPLEMENTATIONS, Gate, balance_loss, entropy, pool_bidirectional, pool_causal
 from mole_exp.layers import MoLELinear
 
@@ -89,9 +90,16 @@ class Router(nn.Module):
     # ------------------------------------------------------------------ the gate weights of one linear
 
     def gate_weights(
-        self, layer: MoLELinear, hidden: torch.Tensor, rank_inputs: torch.Tensor, expert_outputs: torch.Tensor | None
+        self,
+        layer: MoLELinear,
+        hidden: torch.Tensor,
+        rank_inputs: torch.Tensor | None = None,
+        expert_outputs: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, 1, N) for sequence-scope gates in the encoder/memory, (B, T, N) for decoder or token scope."""
+        """(B, 1, N) for sequence-scope gates in the encoder/memory, (B, T, N) for decoder or token scope.
+
+        The logits come from `expert_outputs` (stacked reference), else from `rank_inputs` u = A x, else
+        (implementation rank_space) from x with u recomputed in backward."""
         scope = layer.gate_key
         probs = self._pass_probs.get(scope)
         if probs is not None:
@@ -101,14 +109,17 @@ class Router(nn.Module):
                 f"gate {scope!r} is computed at {self.gate_inputs[scope]!r}, but {layer.module_name!r} ran first"
             )
         gate = self.gate(scope)
-        # gate statistics (means, variances) in float32 even under bf16 autocast: they cancel badly in bf16
-        with torch.autocast(device_type=hidden.device.type, enabled=False):
-            if gate.input_form == "hidden":
-                token_logits = gate.token_logits_hidden(hidden)
-            elif expert_outputs is not None:
-                token_logits = gate.token_logits_stacked(expert_outputs)
-            else:
-                token_logits = gate.token_logits_rank_space(rank_inputs, layer.lora_B, layer.scaling)
+        if gate.input_form != "hidden" and expert_outputs is None and rank_inputs is None:
+            token_logits = rank_space.token_logits(gate, hidden, layer.lora_A, layer.lora_B, layer.scaling)
+        else:
+            # gate statistics (means, variances) in float32 even under bf16 autocast: they cancel badly in bf16
+            with torch.autocast(device_type=hidden.device.type, enabled=False):
+                if gate.input_form == "hidden":
+                    token_logits = gate.token_logits_hidden(hidden)
+                elif expert_outputs is not None:
+                    token_logits = gate.token_logits_stacked(expert_outputs)
+                else:
+                    token_logits = gate.token_logits_rank_space(rank_inputs, layer.lora_B, layer.scaling)
         if gate.scope == "token":
             pooled = token_logits
         elif layer.stream == "decoder":

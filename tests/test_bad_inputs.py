@@ -125,8 +125,10 @@ def test_bad_gate_options(tiny_bank, gate, message):
 def test_bad_composer_options():
     from mole_exp.composers.mole import MoLEComposer
 
-    with pytest.raises(ValueError, match=r"composer.implementation='fast' is not one of \['rank_space', 'stacked'\]"):
+    with pytest.raises(ValueError, match=r"composer.implementation='fast' is not one of \['rank_space', 'rank_space_saved', 'stacked'\]"):
         MoLEComposer(gate={}, implementation="fast")
+    with pytest.raises(ValueError, match=r"composer.expert_dtype='bf16' is not one of \[None, 'bfloat16', 'float16', 'float32', 'float64'\]"):
+        MoLEComposer(gate={}, expert_dtype="bf16")
     with pytest.raises(ValueError, match="composer.alpha=-1 must be >= 0"):
         MoLEComposer(gate={}, alpha=-1)
 

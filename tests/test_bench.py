@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 EXPERTS = (2, 4)
 TARGETS = ("qv", "all")
-VARIANTS = ("rank_space", "stacked", "loop", "peft")
+VARIANTS = ("rank_space", "rank_space_saved", "stacked", "loop", "peft")
 
 
 def load_script_main():
@@ -58,6 +58,7 @@ def test_every_configuration_is_recorded_with_finite_numbers(bench_run):
             assert finite(record["step_ms_median"]) and record["trainable_params"] == 1, key
             continue
         assert finite(record["step_ms_median"]) and record["step_ms_median"] > 0, key
+        assert finite(record["saved_gib"]) and finite(record["saved_over_base_gib"]), key
         assert finite(record["ratio_to_base"]) and record["ratio_to_base"] > 0, key
         assert record["losses_finite"] and record["repeats_done"] == 1, key
         assert record["trainable_params"] > 0, key
@@ -77,13 +78,24 @@ def test_rank_space_stacked_loop_and_peft_compute_the_same_function(bench_run):
     rows = {(a["targets"], a["experts"]): a for a in result["agreement"]}
     assert set(rows) == {(t, n) for t in TARGETS for n in EXPERTS}
     for key, row in rows.items():
-        for pair in ("rank_space_vs_stacked", "loop_vs_rank_space"):
+        for pair in ("rank_space_vs_stacked", "saved_vs_rank_space", "loop_vs_rank_space"):
             check = row[pair]
             assert check is not None, (key, pair)
             assert finite(check["logits_max_abs_diff"]) and check["logits_max_rel_diff"] < 1e-4, (key, pair, check)
             assert check["gates_max_abs_diff"] < 1e-5, (key, pair, check)
         peft = row["peft_vs_mole_uniform_gates"]
         assert peft is not None and peft["logits_max_rel_diff"] < 1e-4, (key, peft)
+
+
+def test_recomputing_rank_space_keeps_less_for_backward_than_saving(bench_run):
+    """Device-independent memory: the bytes autograd keeps for backward (not a timing)."""
+    result, _ = bench_run
+    configs = {(c["targets"], c["experts"], c["variant"]): c for c in result["configs"]}
+    for targets in TARGETS:
+        for experts in EXPERTS:
+            lean, saved = configs[(targets, experts, "rank_space")], configs[(targets, experts, "rank_space_saved")]
+            assert lean["saved_over_base_gib"] < saved["saved_over_base_gib"], (targets, experts)
+            assert saved["saved_over_base_gib"] < configs[(targets, experts, "stacked")]["saved_over_base_gib"], (targets, experts)
 
 
 def test_markdown_report_is_written_next_to_the_json(bench_run):

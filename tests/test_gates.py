@@ -72,7 +72,7 @@ def test_all_linear_targets_gate_counts(cache_dir):
 def test_rank_space_equals_stacked_reference_float64(tiny_bank, granularity, input_form, scope):
     cfg = gate_cfg(granularity=granularity, input_form=input_form, scope=scope)
     outputs = {}
-    for implementation in ("rank_space", "stacked"):
+    for implementation in ("rank_space", "rank_space_saved", "stacked"):
         base = make_tiny(dtype="float64")
         router = inject_mole(base, tiny_bank, cfg, implementation=implementation)
         randomise_gates(router)
@@ -82,10 +82,11 @@ def test_rank_space_equals_stacked_reference_float64(tiny_bank, granularity, inp
         loss.backward()
         grads = torch.cat([p.grad.flatten() for p in router.parameters() if p.grad is not None])
         outputs[implementation] = (out.logits.detach(), grads)
-    logits_rank, grads_rank = outputs["rank_space"]
     logits_ref, grads_ref = outputs["stacked"]
-    assert (logits_rank - logits_ref).norm() / logits_ref.norm() < 1e-6
-    assert (grads_rank - grads_ref).norm() / grads_ref.norm().clamp_min(1e-30) < 1e-6
+    for implementation in ("rank_space", "rank_space_saved"):
+        logits_rank, grads_rank = outputs[implementation]
+        assert (logits_rank - logits_ref).norm() / logits_ref.norm() < 1e-6, implementation
+        assert (grads_rank - grads_ref).norm() / grads_ref.norm().clamp_min(1e-30) < 1e-6, implementation
 
 
 def test_balance_loss_has_gradient_and_is_minimal_at_uniform():
