@@ -76,7 +76,8 @@ class MoLELinear(nn.Module):
             mixed = torch.einsum("btnr,nor->bto", weighted, self.lora_B.to(dtype))
         else:  # rank_space: the same contraction; backward recomputes u from x (mole_exp/rank_space.py)
             gate_probs = router.gate_weights(self, hidden, None, None)  # (B, T or 1, N)
-            mixed = rank_space.mix(hidden, self.lora_A, self.lora_B, gate_probs * self.scaling)  # Eq. 12
+            known = router.take_rank_inputs(self)  # u, when this linear's gate computed it just now
+            mixed = rank_space.mix(hidden, self.lora_A, self.lora_B, gate_probs * self.scaling, known)  # Eq. 12
         return base_output + mixed.to(base_output.dtype)  # Eq. 13
 
     def extra_repr(self) -> str:

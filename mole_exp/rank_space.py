@@ -44,8 +44,9 @@ class _RankSpaceMix(torch.autograd.Function):
     cast to the compute dtype again in backward rather than keeping a cast copy alive)."""
 
     @staticmethod
-    def forward(ctx, hidden, lora_A, lora_B, weights, dtype):  # (B, T, d_in), (N, r, d_in), (N, d_out, r), (B, T|1, N)
-        u = rank_inputs(hidden.to(dtype), lora_A.to(dtype))  # (B, T, N, r)
+    def forward(ctx, hidden, lora_A, lora_B, weights, dtype, known_rank_inputs):
+        # (B, T, d_in), (N, r, d_in), (N, d_out, r), (B, T|1, N); known_rank_inputs: u if the gate computed it
+        u = known_rank_inputs if known_rank_inputs is not None else rank_inputs(hidden.to(dtype), lora_A.to(dtype))  # (B, T, N, r)
         mixed = torch.einsum("btnr,nor->bto", u * weights.to(dtype)[..., None], lora_B.to(dtype))  # (B, T, d_out)
         ctx.save_for_backward(hidden, lora_A, lora_B, weights)  # the caller's tensors: shared, not copies
         ctx.dtype = dtype
@@ -68,14 +69,21 @@ class _RankSpaceMix(torch.autograd.Function):
             else:
                 grad_weights = torch.einsum("btnr,btnr->btn", u, grad_rank)  # (B, T, N)
             grad_weights = grad_weights.to(weights.dtype)
-        return grad_hidden, None, None, grad_weights, None
+        return grad_hidden, None, None, grad_weights, None, None
 
 
-def mix(hidden: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def mix(
+    hidden: torch.Tensor,
+    lora_A: torch.Tensor,
+    lora_B: torch.Tensor,
+    weights: torch.Tensor,
+    known_rank_inputs: torch.Tensor | None = None,
+) -> torch.Tensor:
     """sum_i w_i B_i A_i x (Eq. 12 with w = g * s), recomputing u = A x in backward.
 
     hidden (B, T, d_in); lora_A (N, r, d_in); lora_B (N, d_out, r); weights (B, T or 1, N).  -> (B, T, d_out)
-    in the dtype autocast gives matmuls (else hidden's).
+    in the dtype autocast gives matmuls (else hidden's). `known_rank_inputs`: u = A x (B, T, N, r) already
+    computed in this forward (by the gate at this linear, detached), used instead of computing it again.
     """
     if lora_A.requires_grad or lora_B.requires_grad:
         raise ValueError(
@@ -84,18 +92,20 @@ def mix(hidden: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, weight
         )
     dtype = compute_dtype(hidden)
     with torch.autocast(device_type=hidden.device.type, enabled=False):  # dtypes made explicit, so backward matches
-        return _RankSpaceMix.apply(hidden, lora_A, lora_B, weights, dtype)
+        known = known_rank_inputs.detach() if known_rank_inputs is not None else None
+        return _RankSpaceMix.apply(hidden, lora_A, lora_B, weights, dtype, known)
 
 
-def _token_logits(gate: Gate, hidden, lora_A, lora_B, scaling) -> torch.Tensor:
+def _token_logits(gate: Gate, hidden, lora_A, lora_B, scaling) -> tuple[torch.Tensor, torch.Tensor]:
     u = rank_inputs(hidden, lora_A.to(compute_dtype(hidden)))  # (B, T, N, r), in the ambient (autocast) dtype like the mix
     with torch.autocast(device_type=hidden.device.type, enabled=False):  # gate statistics in float32
-        return gate.token_logits_rank_space(u, lora_B, scaling)  # (B, T, N)
+        return gate.token_logits_rank_space(u, lora_B, scaling), u.detach()  # (B, T, N), (B, T, N, r)
 
 
-def token_logits(gate: Gate, hidden, lora_A, lora_B, scaling, recompute: bool = True) -> torch.Tensor:
-    """The gate's per-token logits from x in r-space (Eqs. 9-10). With `recompute`, backward recomputes
-    u and the gate's intermediates from x instead of keeping them.  -> (B, T, N)"""
+def token_logits(gate: Gate, hidden, lora_A, lora_B, scaling, recompute: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gate's per-token logits from x in r-space (Eqs. 9-10), and u = A x (detached) for the mix of
+    the same linear. With `recompute`, backward recomputes u and the gate's intermediates from x instead
+    of keeping them.  -> (B, T, N), (B, T, N, r)"""
     if not recompute or not torch.is_grad_enabled():
         return _token_logits(gate, hidden, lora_A, lora_B, scaling)
     return checkpoint(_token_logits, gate, hidden, lora_A, lora_B, scaling, use_reentrant=False)

@@ -44,6 +44,7 @@ class Router(nn.Module):
         self._decoder_offset = 0
         self._decoder_state: dict[str, tuple[torch.Tensor, int]] = {}
         self._pass_probs: dict[str, torch.Tensor] = {}
+        self._gate_rank_inputs: tuple[MoLELinear, torch.Tensor] | None = None  # (linear, u = A x) from its gate, for its mix
         self.records: list[tuple[str, torch.Tensor]] = []
         self._hooks: list = []
 
@@ -110,7 +111,8 @@ class Router(nn.Module):
             )
         gate = self.gate(scope)
         if gate.input_form != "hidden" and expert_outputs is None and rank_inputs is None:
-            token_logits = rank_space.token_logits(gate, hidden, layer.lora_A, layer.lora_B, layer.scaling)
+            token_logits, rank_inputs = rank_space.token_logits(gate, hidden, layer.lora_A, layer.lora_B, layer.scaling)
+            self._gate_rank_inputs = (layer, rank_inputs)
         else:
             # gate statistics (means, variances) in float32 even under bf16 autocast: they cancel badly in bf16
             with torch.autocast(device_type=hidden.device.type, enabled=False):
@@ -135,6 +137,12 @@ class Router(nn.Module):
         if self.training or self.collecting:
             self.records.append((scope, probs if self.training else probs.detach()))
         return probs
+
+    def take_rank_inputs(self, layer: MoLELinear) -> torch.Tensor | None:
+        """u = A x (detached) if `layer`'s gate_weights call just computed it from x, so its mix need not
+        compute it again; None otherwise. Handed over once and dropped here (no memory kept)."""
+        held, self._gate_rank_inputs = self._gate_rank_inputs, None
+        return held[1] if held is not None and held[0] is layer else None
 
     # ------------------------------------------------------------------ masking, statistics, loss
 

@@ -118,3 +118,16 @@ def test_bf16_autocast_agrees_with_the_float32_reference(tiny_bank, implementati
     assert error(logits, logits_ref) <= 1.5 * error(logits_bf16, logits_ref) + 1e-3
     assert error(grads, grads_ref) <= 1.5 * error(grads_bf16, grads_ref) + 1e-3
     assert error(logits, logits_ref) < 0.05 and error(grads, grads_ref) < 0.1
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["training", "inference"])
+def test_forward_computes_u_once_per_linear(tiny_bank, monkeypatch, grad):
+    """The gate hands its u = A x to the mix of the same linear: one A x per adapted linear in forward."""
+    base = make_tiny()
+    inject_mole(base, tiny_bank, gate_cfg(granularity="layer"))
+    calls = []
+    original = rank_space.rank_inputs
+    monkeypatch.setattr(rank_space, "rank_inputs", lambda hidden, lora_A: calls.append(1) or original(hidden, lora_A))
+    with torch.set_grad_enabled(grad):
+        base.model(**batch(base.tokenizer))
+    assert len(calls) == len(tiny_bank.targets) == 12
