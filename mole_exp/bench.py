@@ -59,6 +59,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mole_exp import rank_space
 from mole_exp.composers.mole import inject_mole
 from mole_exp.experts import ExpertBank, TargetExperts
 from mole_exp.family import family_for
@@ -355,11 +356,13 @@ class LoopMoLELinear(MoLELinear):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         base_output = self.base_layer(hidden)
         router = self._router[0]
-        rank_parts = [F.linear(hidden, self.lora_A[i]) for i in range(self.num_experts)]  # u_i = A_i x, (B, T, r)
+        dtype = rank_space.compute_dtype(hidden)  # the experts may be held in another dtype (--expert-dtype)
+        lora_A, lora_B = self.lora_A.to(dtype), self.lora_B.to(dtype)
+        rank_parts = [F.linear(hidden, lora_A[i]) for i in range(self.num_experts)]  # u_i = A_i x, (B, T, r)
         gate_probs = router.gate_weights(self, hidden, torch.stack(rank_parts, dim=2), None)  # (B, T or 1, N)
         mixed = None
         for i, rank_input in enumerate(rank_parts):
-            delta = F.linear(rank_input, self.lora_B[i]) * self.scaling[i]  # s_i B_i A_i x, (B, T, d_out)
+            delta = F.linear(rank_input, lora_B[i]) * self.scaling[i]  # s_i B_i A_i x, (B, T, d_out)
             term = delta * gate_probs[..., i : i + 1].to(delta.dtype)
             mixed = term if mixed is None else mixed + term
         return base_output + mixed.to(base_output.dtype)

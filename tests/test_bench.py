@@ -132,3 +132,16 @@ def test_issue_targets_are_evaluated_not_asserted():
     result["targets"] = list(rows.values())
     markdown = render_markdown(result)
     assert "skip (OOM est.)" in markdown and "Issue 7 targets" in markdown
+
+
+def test_bf16_autocast_with_bf16_experts_runs_every_variant(tmp_path):
+    """The GPU run's settings (bf16 autocast, experts held in bf16 by --expert-dtype auto) on the CPU."""
+    result = load_script_main()([
+        "--model", "tiny", "--device", "cpu", "--precision", "bf16", "--experts", "2", "--targets", "qv",
+        "--batch", "2", "--source-len", "12", "--target-len", "6", "--repeats", "1", "--warmup", "0",
+        "--gen-tokens", "2", "--gen-repeats", "1", "--threads", "1", "--out", str(tmp_path / "bf16.json"),
+    ])
+    assert result["settings"]["expert_dtype"] == "bfloat16"
+    statuses = {c["variant"]: (c["status"], c.get("reason")) for c in result["configs"]}
+    assert statuses == {v: ("ok", None) for v in ("base", *VARIANTS)}
+    assert all(c["losses_finite"] for c in result["configs"])
