@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SMOKE_ARGS := task=nli composer=mole model=tiny experts=tiny trainer=cpu trainer.max_steps=20 data.eval_limit=16
 
-.PHONY: install test test-all smoke lint reproduce-mini bench
+.PHONY: install test test-all smoke lint reproduce-mini bench bench-cpu-large
 
 install:  ## create .venv and install the package with its dev extras (torch 2.13 from the local wheel)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -29,3 +29,6 @@ reproduce-mini:  ## the paper's NLP studies in miniature, offline: small pretrai
 
 bench:  ## MoLE step time / memory vs the base, the per-expert loop and PEFT (tiny shape on CPU; use --device cuda --model flan-t5-large on a GPU)
 	$(BIN)/python scripts/bench_mole.py --model tiny --device cpu --experts 8,24,48,128 --targets qv
+
+bench-cpu-large:  ## the README's CPU table: FLAN-T5-large widths, 2+2 blocks, batch 8 (~10 min on 2 cores)
+	$(BIN)/python scripts/bench_mole.py --model flan-t5-large --layers 2 --device cpu --threads 2 --experts 8,24,48,128 --targets qv --batch 8 --repeats 3 --warmup 1 --gen-tokens 8 --gen-repeats 1 --max-config-seconds 150
