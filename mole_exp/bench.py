@@ -1085,6 +1085,15 @@ def _cell_step(record: dict[str, Any] | None) -> str:
     return _status(record)
 
 
+def _cell_memory(record: dict[str, Any] | None, kind: str) -> str:
+    """`<kind>_gib (+<kind>_over_base_gib)` of a record; kind is "peak" or "saved"."""
+    if record is None:
+        return "-"
+    if record.get("status") == "ok" and _finite(record.get(f"{kind}_gib")):
+        return f"{record[f'{kind}_gib']:.3g} (+{_fmt(record.get(f'{kind}_over_base_gib'))})"
+    return _status(record)
+
+
 def _status(record: dict[str, Any]) -> str:
     status = record.get("status", "?")
     if status == "skipped":
@@ -1138,26 +1147,14 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines += ["", "## Peak memory: GiB (over base)", "",
               f"| targets | N | experts GiB | base | {header_variants} |", "|" + "---|" * (4 + len(variants))]
     for targets, experts in keys:
-        cells = []
-        for v in variants:
-            record = _find(result, targets, experts, v)
-            if record is not None and record.get("status") == "ok" and _finite(record.get("peak_gib")):
-                cells.append(f"{record['peak_gib']:.3g} (+{_fmt(record.get('peak_over_base_gib'))})")
-            else:
-                cells.append("-" if record is None else _status(record))
+        cells = [_cell_memory(_find(result, targets, experts, v), "peak") for v in variants]
         any_record = next((r for r in result["configs"] if r["targets"] == targets and r["experts"] == experts), {})
         row_base = _row_base(result, targets, experts)
         lines.append(f"| {targets} | {experts} | {_fmt(any_record.get('experts_gib'))} | {_fmt(row_base.get('peak_gib'))} | " + " | ".join(cells) + " |")
     lines += ["", "## Kept for backward: GiB of saved activations (over base), device-independent", "",
               f"| targets | N | base | {header_variants} |", "|" + "---|" * (3 + len(variants))]
     for targets, experts in keys:
-        cells = []
-        for v in variants:
-            record = _find(result, targets, experts, v)
-            if record is not None and record.get("status") == "ok" and _finite(record.get("saved_gib")):
-                cells.append(f"{record['saved_gib']:.3g} (+{_fmt(record.get('saved_over_base_gib'))})")
-            else:
-                cells.append("-" if record is None else _status(record))
+        cells = [_cell_memory(_find(result, targets, experts, v), "saved") for v in variants]
         row_base = _row_base(result, targets, experts)
         lines.append(f"| {targets} | {experts} | {_fmt(row_base.get('saved_gib'))} | " + " | ".join(cells) + " |")
     gen_variants = [v for v in GENERATION_VARIANTS if v in variants]
