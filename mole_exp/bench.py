@@ -28,6 +28,10 @@ which includes everything the process holds, so compare `peak_over_base_gib`, no
 On CPU the glibc heap keeps freed blocks, so peak RSS overstates allocation-heavy variants (PEFT, loop);
 `--cpu-exact-rss` fixes the mmap threshold (truer memory, slower steps).
 
+Gate readings (`gate.expert_output` / `gate.normalization`, Eqs. 8-9): `--gate-readings delta/per_expert,full/joint`
+runs every MoLE variant once per reading, side by side; the first reading's records keep the plain variant
+names, the others are named `<variant> [<expert_output>/<normalization>]`.
+
 Run: `python scripts/bench_mole.py --device cuda` (defaults: flan-t5-large shape, N=8,24,48,128,
 targets q/v and all linears, rank 16, batch 32 x (256 + 32) tokens). `--model tiny --device cpu` for a
 quick CPU run. Under a device-time limit add e.g. `--max-config-seconds 60 --gen-repeats 2 --time-budget-s 420`
@@ -63,6 +67,7 @@ from mole_exp import rank_space
 from mole_exp.composers.mole import inject_mole
 from mole_exp.experts import ExpertBank, TargetExperts
 from mole_exp.family import family_for
+from mole_exp.gates import EXPERT_OUTPUTS, NORMALIZATIONS, check_reading
 from mole_exp.layers import MoLELinear
 from mole_exp.models import BaseModel, freeze
 
@@ -359,13 +364,29 @@ class LoopMoLELinear(MoLELinear):
         dtype = rank_space.compute_dtype(hidden)  # the experts may be held in another dtype (--expert-dtype)
         lora_A, lora_B = self.lora_A.to(dtype), self.lora_B.to(dtype)
         rank_parts = [F.linear(hidden, lora_A[i]) for i in range(self.num_experts)]  # u_i = A_i x, (B, T, r)
-        gate_probs = router.gate_weights(self, hidden, torch.stack(rank_parts, dim=2), None)  # (B, T or 1, N)
+        gate_probs = router.gate_weights(self, hidden, torch.stack(rank_parts, dim=2), None, base_output=base_output)  # (B, T or 1, N)
         mixed = None
         for i, rank_input in enumerate(rank_parts):
             delta = F.linear(rank_input, lora_B[i]) * self.scaling[i]  # s_i B_i A_i x, (B, T, d_out)
             term = delta * gate_probs[..., i : i + 1].to(delta.dtype)
             mixed = term if mixed is None else mixed + term
         return base_output + mixed.to(base_output.dtype)
+
+
+def reading_cfg(reading: str) -> dict[str, str]:
+    """"full/joint" -> {"expert_output": "full", "normalization": "joint"} (the gate config keys)."""
+    expert_output, _, normalization = reading.partition("/")
+    return {"expert_output": expert_output, "normalization": normalization}
+
+
+def variant_runs(variants: list[str], readings: list[str]) -> list[tuple[str, str, str]]:
+    """(record name, variant, gate reading) in run order: each MoLE variant once per reading, side by side;
+    the first reading keeps the plain variant name, the others are named `<variant> [<reading>]`."""
+    runs = []
+    for variant in variants:
+        for index, reading in enumerate(readings if variant in MOLE_VARIANTS else readings[:1]):
+            runs.append((variant if index == 0 else f"{variant} [{reading}]", variant, reading))
+    return runs
 
 
 def inject_variant(base: BaseModel, bank: ExpertBank, gate_cfg: dict[str, Any], variant: str, seed: int):
@@ -467,6 +488,7 @@ def estimate_costs(
     input_form: str,
     act_bytes: int,
     weight_bytes: int,
+    reading: str = "delta/per_expert",
 ) -> dict[str, float]:
     """Rough per-step cost of a variant beyond the base: FLOPs, bytes moved by element-wise ops, op count,
     extra bytes held (experts, gates and optimizer state, saved activations). Only used to skip configurations
@@ -519,6 +541,9 @@ def estimate_costs(
                 traffic += 6.0 * n * n_e * r * 4
                 if variant != "rank_space":  # rank_space recomputes the gate's intermediates in backward
                     saved += 3.0 * n * n_e * r * 4
+            if input_form != "hidden" and reading.startswith("full/"):  # the gate reads W x: B^T y, y . e
+                flops += 6.0 * n * n_e * r * d_out + 6.0 * n * d_out * (n_e * n_e if reading == "full/per_expert" and input_form == "concat" else n_e)
+                saved += n * d_out * act_bytes
     return {"flops": flops, "traffic_bytes": traffic, "ops": ops, "saved_bytes": saved, "static_bytes": static}
 
 
@@ -665,6 +690,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--granularity", default="layer", choices=["matrix", "layer", "block", "network"])
     parser.add_argument("--input-form", default="concat", choices=["concat", "per_expert", "hidden"])
     parser.add_argument("--scope", default="sequence", choices=["sequence", "token"])
+    parser.add_argument("--gate-readings", default="delta/per_expert",
+                        help="comma-separated gate readings <expert_output>/<normalization> "
+                             f"(expert_output in {list(EXPERT_OUTPUTS)}, normalization in {list(NORMALIZATIONS)}); "
+                             "every MoLE variant runs once per reading, side by side (e.g. delta/per_expert,full/joint)")
     parser.add_argument("--gate-init-std", type=float, default=0.01, help="random gates, so the agreement check is not trivially uniform")
     parser.add_argument("--alpha", type=float, default=0.5, help="weight of L_balance in the MoLE step")
     parser.add_argument("--dropout", type=float, default=0.1, help="model dropout (FLAN-T5: 0.1)")
@@ -684,6 +713,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.experts = [int(x) for x in str(args.experts).split(",") if x.strip()]
     args.targets = [t.strip() for t in str(args.targets).split(",") if t.strip()]
     args.variants = [v.strip() for v in str(args.variants).split(",") if v.strip()]
+    args.gate_readings = list(dict.fromkeys(r.strip() for r in str(args.gate_readings).split(",") if r.strip()))
+    if not args.gate_readings:
+        parser.error("--gate-readings needs at least one <expert_output>/<normalization>")
+    for reading in args.gate_readings:
+        expert_output, _, normalization = reading.partition("/")
+        try:
+            check_reading(args.input_form, expert_output, normalization)
+        except ValueError as error:
+            parser.error(f"--gate-readings {reading!r}: {error}")
     for target in args.targets:
         if target not in TARGET_SETS:
             parser.error(f"--targets: {target!r} is not one of {sorted(TARGET_SETS)}")
@@ -719,6 +757,7 @@ class Bench:
             "scope": args.scope,
             "init_std": args.gate_init_std,
             "temperature": {"init": 1.0, "learnable": True},
+            **reading_cfg(args.gate_readings[0]),
         }
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.out = Path(args.out) if args.out else Path("outputs/bench") / f"bench_{args.model}_{self.device.type}_{stamp}.json"
@@ -813,9 +852,10 @@ class Bench:
 
     # -------------------------------------------------------------- skip rules
 
-    def skip_reason(self, variant: str, projections, num_experts: int) -> tuple[str | None, dict[str, float]]:
+    def skip_reason(self, variant: str, projections, num_experts: int, reading: str) -> tuple[str | None, dict[str, float]]:
         args = self.args
-        est = estimate_costs(variant, self.inventory, projections, num_experts, args.rank, args.input_form, self.act_bytes, self.weight_bytes)
+        est = estimate_costs(variant, self.inventory, projections, num_experts, args.rank, args.input_form, self.act_bytes,
+                             self.weight_bytes, reading)
         step_s = self.base_step_s + est["flops"] / self.throughput + est["traffic_bytes"] / self.bandwidth + est["ops"] * self.op_overhead
         extra_gib = (est["static_bytes"] + est["saved_bytes"]) / GIB
         estimate = {"step_s": step_s, "extra_gib": extra_gib, "static_gib": est["static_bytes"] / GIB}
@@ -937,19 +977,23 @@ class Bench:
         experts_gib = bank_bytes(bank) / GIB
         group_base["experts_gib"] = experts_gib
         references: dict[str, dict[str, torch.Tensor]] = {}
-        for variant in args.variants:
-            record: dict[str, Any] = {"targets": target_set, "experts": num_experts, "variant": variant, "experts_gib": experts_gib}
+        for name, variant, reading in variant_runs(args.variants, args.gate_readings):
+            record: dict[str, Any] = {"targets": target_set, "experts": num_experts, "variant": name, "experts_gib": experts_gib}
+            if variant != "peft":
+                record["reading"] = reading
             self.result["configs"].append(record)
             if self.over_budget():
                 record.update(status="skipped", reason=f"time budget {args.time_budget_s:.0f}s spent")
                 continue
-            reason, estimate = self.skip_reason(variant, projections, num_experts)
+            reason, estimate = self.skip_reason(variant, projections, num_experts, reading)
             record["estimate"] = estimate
             t_setup = time.perf_counter()
             if variant == "peft":
                 self.guarded(record, self.run_peft, base, bank, batch, gen_batch, check_batch, record, references, reason)
             else:
-                self.guarded(record, self.run_mole, base, bank, variant, batch, gen_batch, check_batch, record, references, reason)
+                gate_cfg = {**self.gate_cfg, **reading_cfg(reading)}
+                self.guarded(record, self.run_mole, base, bank, variant, batch, gen_batch, check_batch, record, references, reason,
+                             gate_cfg, name)
             record["total_s"] = round(time.perf_counter() - t_setup, 2)
             if record.get("status") == "ok":
                 record["base_step_ms"] = reference_base["step_ms_median"]
@@ -963,7 +1007,7 @@ class Bench:
                 if generation and generation.get("status") == "ok" and base_generation.get("status") == "ok":
                     generation["ratio_to_base"] = generation["tokens_per_s"] / base_generation["tokens_per_s"]
             summary = f"{record['step_ms_median']:.1f} ms ({record['ratio_to_base']:.2f}x base)" if record.get("status") == "ok" else f"{record.get('status')}: {record.get('reason')}"
-            log(f"  {variant}: {summary}")
+            log(f"  {name}: {summary}")
             self.meter.release()
             self.write()
         self.result["agreement"].append(
@@ -975,6 +1019,14 @@ class Bench:
                 "saved_vs_rank_space": compare(references.get("rank_space_saved"), references.get("rank_space")),
                 "loop_vs_rank_space": compare(references.get("loop"), references.get("rank_space")),
                 "peft_vs_mole_uniform_gates": compare(references.get("peft"), references.get("rank_space_uniform")),
+                "other_readings": {
+                    reading: {
+                        "rank_space_vs_stacked": compare(references.get(f"rank_space [{reading}]"), references.get(f"stacked [{reading}]")),
+                        "saved_vs_rank_space": compare(references.get(f"rank_space_saved [{reading}]"), references.get(f"rank_space [{reading}]")),
+                        "loop_vs_rank_space": compare(references.get(f"loop [{reading}]"), references.get(f"rank_space [{reading}]")),
+                    }
+                    for reading in args.gate_readings[1:]
+                },
             }
         )
         leftovers = [n for n in module_names if type(model.get_submodule(n)) is not nn.Linear]
@@ -985,16 +1037,16 @@ class Bench:
         self.meter.release()
         self.write()
 
-    def run_mole(self, base, bank, variant, batch, gen_batch, check_batch, record, references, skip) -> None:
+    def run_mole(self, base, bank, variant, batch, gen_batch, check_batch, record, references, skip, gate_cfg=None, name=None) -> None:
         model = base.model
         t0 = time.perf_counter()
         try:
-            router = inject_variant(base, bank, self.gate_cfg, variant, self.args.seed + 1)
+            router = inject_variant(base, bank, gate_cfg or self.gate_cfg, variant, self.args.seed + 1)
             record["gates"] = len(router.gates)
             record["setup_s"] = round(time.perf_counter() - t0, 2)
             if check_batch is not None:
-                references[variant] = reference_outputs(model, check_batch, router)
-                if variant == "rank_space":
+                references[name or variant] = reference_outputs(model, check_batch, router)
+                if (name or variant) == "rank_space":
                     saved = [g.projection.detach().clone() for g in router.gates.values()]
                     zero_gates(router)
                     references["rank_space_uniform"] = reference_outputs(model, check_batch, router)
@@ -1114,7 +1166,8 @@ def _fmt(value: float | None, spec: str = ".3g") -> str:
 
 def render_markdown(result: dict[str, Any]) -> str:
     settings, device, base = result["settings"], result["device"], result.get("base") or {}
-    variants = [v for v in VARIANTS if v in settings["variants"]]
+    readings = settings.get("gate_readings") or ["delta/per_expert"]
+    variants = [name for name, _, _ in variant_runs([v for v in VARIANTS if v in settings["variants"]], readings)]
     model_config = settings.get("model_config") or {}
     lines = [
         f"# MoLE benchmark: {settings['model']} (random weights) on {device.get('name')}",
@@ -1122,7 +1175,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"torch {device.get('torch')}, {settings['precision']}, weights {settings['model_dtype']}, experts {settings.get('expert_dtype')}; "
         f"{model_config.get('num_layers', '?')}+{model_config.get('num_decoder_layers', '?')} blocks; "
         f"batch {settings['batch']} x ({settings['source_len']} + {settings['target_len']}) tokens; rank {settings['rank']}; "
-        f"gate {settings['granularity']}/{settings['input_form']}/{settings['scope']}; "
+        f"gate {settings['granularity']}/{settings['input_form']}/{settings['scope']}, reading {readings[0]}"
+        + (f" (columns `[...]`: {', '.join(readings[1:])})" if len(readings) > 1 else "") + "; "
         f"warm-up {settings['warmup']}, median of {settings['repeats']}. Memory: {settings['memory_metric']}.",
         "",
     ]
@@ -1157,7 +1211,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         cells = [_cell_memory(_find(result, targets, experts, v), "saved") for v in variants]
         row_base = _row_base(result, targets, experts)
         lines.append(f"| {targets} | {experts} | {_fmt(row_base.get('saved_gib'))} | " + " | ".join(cells) + " |")
-    gen_variants = [v for v in GENERATION_VARIANTS if v in variants]
+    gen_variants = [name for name, variant, _ in variant_runs([v for v in VARIANTS if v in settings["variants"]], readings)
+                    if variant in GENERATION_VARIANTS]
     if settings.get("gen_tokens", 0) > 0 and gen_variants:
         base_gen = base.get("generation") or {}
         lines += ["", f"## Greedy generation: tokens/s ({settings['gen_tokens']} new tokens; ratio to base)", "",
@@ -1179,6 +1234,8 @@ def render_markdown(result: dict[str, Any]) -> str:
             text = f"{c['logits_max_abs_diff']:.2e} ({c['logits_max_rel_diff']:.1e})"
             return text + (f" / {c['gates_max_abs_diff']:.1e}" if "gates_max_abs_diff" in c else "")
         lines.append(f"| {row['targets']} | {row['experts']} | {cell(row['rank_space_vs_stacked'])} | {cell(row.get('saved_vs_rank_space'))} | {cell(row['loop_vs_rank_space'])} | {cell(row['peft_vs_mole_uniform_gates'])} |")
+        for reading, checks in (row.get("other_readings") or {}).items():
+            lines.append(f"| {row['targets']} | {row['experts']} [{reading}] | {cell(checks['rank_space_vs_stacked'])} | {cell(checks['saved_vs_rank_space'])} | {cell(checks['loop_vs_rank_space'])} | - |")
     if result.get("targets"):
         lines += ["", "## Issue 7 targets (for the GPU run; informational here)", "", "| target | targets | value | limit | met |", "|---|---|---|---|---|"]
         for row in result["targets"]:

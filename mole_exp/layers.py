@@ -2,6 +2,9 @@
 
     h = W x + sum_i g_i(x) * s_i * B_i A_i x
 
+The gate reads the experts' deltas (or, with gate.expert_output=full, W x plus each delta: the base
+output is handed to the router, which passes it only to gates that read it).
+
 Like PEFT's LoRA layer it keeps the untouched `base_layer` and adds a delta; unlike PEFT the N experts
 are stacked tensors and applied with batched contractions, never a Python loop over experts.
 """
@@ -66,16 +69,16 @@ class MoLELinear(nn.Module):
         if router.implementation == "stacked":
             rank_inputs = rank_space.rank_inputs(hidden, self.lora_A.to(dtype))  # (B, T, N, r): u_i = A_i x
             expert_outputs = torch.einsum("btnr,nor->btno", rank_inputs, self.lora_B.to(dtype)) * self.scaling[:, None]  # (B, T, N, d_out)
-            gate_probs = router.gate_weights(self, hidden, rank_inputs, expert_outputs)  # (B, T or 1, N)
+            gate_probs = router.gate_weights(self, hidden, rank_inputs, expert_outputs, base_output=base_output)  # (B, T or 1, N)
             mixed = torch.einsum("btno,btn->bto", expert_outputs, gate_probs.to(expert_outputs.dtype))  # Eq. 12
         elif router.implementation == "rank_space_saved":
             rank_inputs = rank_space.rank_inputs(hidden, self.lora_A.to(dtype))  # (B, T, N, r), kept for backward
-            gate_probs = router.gate_weights(self, hidden, rank_inputs, None)  # (B, T or 1, N)
+            gate_probs = router.gate_weights(self, hidden, rank_inputs, None, base_output=base_output)  # (B, T or 1, N)
             # B_cat diag(g * s (x) 1_r) A_cat x: one rank-N*r LoRA with per-example weights in r-space
             weighted = rank_inputs * (gate_probs.to(rank_inputs.dtype) * self.scaling)[..., None]  # (B, T, N, r)
             mixed = torch.einsum("btnr,nor->bto", weighted, self.lora_B.to(dtype))
         else:  # rank_space: the same contraction; backward recomputes u from x (mole_exp/rank_space.py)
-            gate_probs = router.gate_weights(self, hidden, None, None)  # (B, T or 1, N)
+            gate_probs = router.gate_weights(self, hidden, None, None, base_output=base_output)  # (B, T or 1, N)
             known = router.take_rank_inputs(self)  # u, when this linear's gate computed it just now
             mixed = rank_space.mix(hidden, self.lora_A, self.lora_B, gate_probs * self.scaling, known)  # Eq. 12
         return base_output + mixed.to(base_output.dtype)  # Eq. 13

@@ -96,16 +96,19 @@ def mix(
         return _RankSpaceMix.apply(hidden, lora_A, lora_B, weights, dtype, known)
 
 
-def _token_logits(gate: Gate, hidden, lora_A, lora_B, scaling) -> tuple[torch.Tensor, torch.Tensor]:
+def _token_logits(gate: Gate, hidden, lora_A, lora_B, scaling, base_output=None) -> tuple[torch.Tensor, torch.Tensor]:
     u = rank_inputs(hidden, lora_A.to(compute_dtype(hidden)))  # (B, T, N, r), in the ambient (autocast) dtype like the mix
     with torch.autocast(device_type=hidden.device.type, enabled=False):  # gate statistics in float32
-        return gate.token_logits_rank_space(u, lora_B, scaling), u.detach()  # (B, T, N), (B, T, N, r)
+        return gate.token_logits_rank_space(u, lora_B, scaling, base_output), u.detach()  # (B, T, N), (B, T, N, r)
 
 
-def token_logits(gate: Gate, hidden, lora_A, lora_B, scaling, recompute: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logits(
+    gate: Gate, hidden, lora_A, lora_B, scaling, recompute: bool = True, base_output: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The gate's per-token logits from x in r-space (Eqs. 9-10), and u = A x (detached) for the mix of
     the same linear. With `recompute`, backward recomputes u and the gate's intermediates from x instead
-    of keeping them.  -> (B, T, N), (B, T, N, r)"""
+    of keeping them. `base_output` (B, T, d_out) = W x, for gates with expert_output=full: kept (not
+    recomputed) until backward, like x.  -> (B, T, N), (B, T, N, r)"""
     if not recompute or not torch.is_grad_enabled():
-        return _token_logits(gate, hidden, lora_A, lora_B, scaling)
-    return checkpoint(_token_logits, gate, hidden, lora_A, lora_B, scaling, use_reentrant=False)
+        return _token_logits(gate, hidden, lora_A, lora_B, scaling, base_output)
+    return checkpoint(_token_logits, gate, hidden, lora_A, lora_B, scaling, base_output, use_reentrant=False)

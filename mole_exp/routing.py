@@ -96,11 +96,13 @@ class Router(nn.Module):
         hidden: torch.Tensor,
         rank_inputs: torch.Tensor | None = None,
         expert_outputs: torch.Tensor | None = None,
+        base_output: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, 1, N) for sequence-scope gates in the encoder/memory, (B, T, N) for decoder or token scope.
 
         The logits come from `expert_outputs` (stacked reference), else from `rank_inputs` u = A x, else
-        (implementation rank_space) from x with u recomputed in backward."""
+        (implementation rank_space) from x with u recomputed in backward. `base_output` (B, T, d_out) = W x
+        is read only by gates with expert_output=full (Eq. 8)."""
         scope = layer.gate_key
         probs = self._pass_probs.get(scope)
         if probs is not None:
@@ -110,8 +112,11 @@ class Router(nn.Module):
                 f"gate {scope!r} is computed at {self.gate_inputs[scope]!r}, but {layer.module_name!r} ran first"
             )
         gate = self.gate(scope)
+        base_output = base_output if gate.reads_base_output else None
         if gate.input_form != "hidden" and expert_outputs is None and rank_inputs is None:
-            token_logits, rank_inputs = rank_space.token_logits(gate, hidden, layer.lora_A, layer.lora_B, layer.scaling)
+            token_logits, rank_inputs = rank_space.token_logits(
+                gate, hidden, layer.lora_A, layer.lora_B, layer.scaling, base_output=base_output
+            )
             self._gate_rank_inputs = (layer, rank_inputs)
         else:
             # gate statistics (means, variances) in float32 even under bf16 autocast: they cancel badly in bf16
@@ -119,9 +124,9 @@ class Router(nn.Module):
                 if gate.input_form == "hidden":
                     token_logits = gate.token_logits_hidden(hidden)
                 elif expert_outputs is not None:
-                    token_logits = gate.token_logits_stacked(expert_outputs)
+                    token_logits = gate.token_logits_stacked(expert_outputs, base_output)
                 else:
-                    token_logits = gate.token_logits_rank_space(rank_inputs, layer.lora_B, layer.scaling)
+                    token_logits = gate.token_logits_rank_space(rank_inputs, layer.lora_B, layer.scaling, base_output)
         if gate.scope == "token":
             pooled = token_logits
         elif layer.stream == "decoder":

@@ -145,3 +145,28 @@ def test_bf16_autocast_with_bf16_experts_runs_every_variant(tmp_path):
     statuses = {c["variant"]: (c["status"], c.get("reason")) for c in result["configs"]}
     assert statuses == {v: ("ok", None) for v in ("base", *VARIANTS)}
     assert all(c["losses_finite"] for c in result["configs"])
+
+
+def test_gate_readings_run_side_by_side(tmp_path):
+    """--gate-readings: every MoLE variant once per gate reading (Eqs. 8-9), the others named `<variant> [<reading>]`."""
+    result = load_script_main()([
+        "--model", "tiny", "--device", "cpu", "--experts", "2", "--targets", "qv", "--variants", "rank_space,stacked,peft",
+        "--gate-readings", "delta/per_expert,full/joint", "--batch", "2", "--source-len", "12", "--target-len", "6",
+        "--repeats", "1", "--warmup", "0", "--gen-tokens", "0", "--threads", "1", "--out", str(tmp_path / "readings.json"),
+    ])
+    configs = {c["variant"]: c for c in result["configs"]}
+    assert list(configs) == ["base", "rank_space", "rank_space [full/joint]", "stacked", "stacked [full/joint]", "peft"]
+    assert all(configs[name]["status"] == "ok" for name in configs), {n: c.get("reason") for n, c in configs.items()}
+    assert configs["rank_space"]["reading"] == "delta/per_expert" and configs["stacked [full/joint]"]["reading"] == "full/joint"
+    other = result["agreement"][0]["other_readings"]["full/joint"]["rank_space_vs_stacked"]
+    assert other["logits_max_rel_diff"] < 1e-4 and other["gates_max_abs_diff"] < 1e-5
+    assert "rank_space [full/joint]" in (tmp_path / "readings.md").read_text()
+
+
+@pytest.mark.parametrize("readings", ["full", "full/all", "delta/per_expert,outputs/joint"])
+def test_bad_gate_readings_are_refused(readings, capsys):
+    from mole_exp.bench import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--gate-readings", readings])
+    assert "--gate-readings" in capsys.readouterr().err

@@ -15,7 +15,7 @@ import torch.nn as nn
 from mole_exp.composers.base import Composer, register_composer
 from mole_exp.experts import ExpertBank
 from mole_exp.family import GRANULARITIES
-from mole_exp.gates import IMPLEMENTATIONS, Gate
+from mole_exp.gates import DEFAULT_READING, IMPLEMENTATIONS, Gate, check_reading
 from mole_exp.layers import MoLELinear
 from mole_exp.models import DTYPES, BaseModel
 from mole_exp.routing import Router
@@ -58,10 +58,19 @@ def inject_mole(
             scope=gate_cfg.get("scope", "sequence"),
             temperature=dict(gate_cfg.get("temperature") or {}),
             init_std=float(gate_cfg.get("init_std", 0.0)),
+            **gate_reading(gate_cfg),
         )
         gate_inputs[scope] = name
     router = Router(gates, gate_inputs, num_experts=len(bank), implementation=implementation)
     return attach_router(base, bank, module_names, granularity, router, "mole_gate", expert_dtype)
+
+
+def gate_reading(gate_cfg: dict[str, Any]) -> dict[str, str]:
+    """gate.expert_output and gate.normalization (what the gate reads, Eqs. 8-9), defaults filled in, checked
+    against gate.input_form."""
+    reading = {key: gate_cfg.get(key) or default for key, default in DEFAULT_READING.items()}
+    check_reading(gate_cfg.get("input_form", "concat"), **reading)
+    return reading
 
 
 def attach_router(
@@ -109,6 +118,7 @@ class MoLEComposer(Composer):
         if float(alpha) < 0:
             raise ValueError(f"composer.alpha={alpha} must be >= 0 (the weight of L_balance)")
         self.gate_cfg = dict(gate)
+        self.reading = gate_reading(self.gate_cfg)  # checked here, before any model loads
         self.alpha = float(alpha)
         self.implementation = implementation
         self.router: Router | None = None
@@ -152,6 +162,7 @@ class MoLEComposer(Composer):
             "granularity": self.gate_cfg.get("granularity"),
             "input_form": self.gate_cfg.get("input_form"),
             "scope": self.gate_cfg.get("scope"),
+            **self.reading,  # expert_output, normalization
             "gate": self.gate_cfg,
             "num_gates": len(self.router.gates) if self.router else 0,
             "alpha": self.alpha,
