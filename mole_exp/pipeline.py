@@ -22,13 +22,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mole_exp.composers.base import Composer, SearchData
-from mole_exp.data import collator, tokenize, train_loader
+from mole_exp.data import train_loader
 from mole_exp.evaluation.evaluator import GenerationSettings, evaluate_task, score_examples
 from mole_exp.experts import load_experts
 from mole_exp.experts import precheck as precheck_experts
 from mole_exp.io import METRICS_FILE, PREDICTIONS_FILE, guard_run_dir, write_atomic, write_json, write_jsonl
 from mole_exp.lit_module import ComposerLitModule, GateStatisticsWriter
 from mole_exp.models import BaseModel
+from mole_exp.search_loss import ExampleLoss
 
 log = logging.getLogger(__name__)
 
@@ -129,24 +130,15 @@ def generation_settings(cfg: DictConfig) -> GenerationSettings:
 def make_search_data(base: BaseModel, task, cfg: DictConfig) -> SearchData:
     """Examples, a loss (mean token cross-entropy per example) and a task score for gradient-free composers."""
     tokenizer, model = base.tokenizer, base.model
-    collate = collator(tokenizer)
-
-    @torch.no_grad()
-    def loss(examples: list[dict[str, Any]]) -> float:
-        model.eval()
-        device = next(model.parameters()).device
-        features = tokenize(tokenizer, examples, cfg.data.max_source_length, cfg.data.max_target_length)
-        total = 0.0
-        for start in range(0, len(features), cfg.data.eval_batch_size):
-            batch = {k: v.to(device) for k, v in collate(features[start : start + cfg.data.eval_batch_size]).items()}
-            total += float(model(**batch).loss) * len(batch["input_ids"])
-        return total / len(features)
+    loss = ExampleLoss(model, tokenizer, cfg.data.max_source_length, cfg.data.max_target_length, cfg.data.eval_batch_size)
 
     def task_score(examples: list[dict[str, Any]]) -> float:
         return score_examples(model, tokenizer, task, examples, generation_settings(cfg))
 
     mixture = task.train_mixture(cfg.data.mixture, cfg.data.get("mixture_cap"))
-    return SearchData(train_examples=mixture, validation_examples=mixture, loss=loss, score=task_score, seed=int(cfg.seed))
+    return SearchData(
+        train_examples=mixture, validation_examples=mixture, loss=loss, score=task_score, seed=int(cfg.seed), prepare_loss=loss.prepare
+    )
 
 
 RESUME_CHECKPOINT = "last.ckpt"

@@ -44,7 +44,8 @@ def register_composer(name: str) -> Callable[[type[Composer]], type[Composer]]:
 class SearchData:
     """What a gradient-free composer may use: the training mixture's examples and a loss to score them.
 
-    `loss(examples)` is the mean token cross-entropy of the current model on (source, target) pairs.
+    `loss(examples)` is the mean token cross-entropy of the current model on (source, target) pairs
+    (mole_exp/search_loss.py).
     """
 
     train_examples: list[dict[str, Any]]
@@ -52,6 +53,15 @@ class SearchData:
     loss: Callable[[list[dict[str, Any]]], float]
     score: Callable[[list[dict[str, Any]]], float] | None = None  # task metric (higher is better), if given
     seed: int = 0
+    # prepare_loss(examples)() == loss(examples), with the examples tokenised once (for many candidates)
+    prepare_loss: Callable[[list[dict[str, Any]]], Callable[[], float]] | None = None
+
+    def prepared_loss(self, examples: list[dict[str, Any]]) -> Callable[[], float]:
+        """A callable returning `loss(examples)` for the weights the model holds when it is called."""
+        if self.prepare_loss is not None:
+            return self.prepare_loss(list(examples))
+        examples = list(examples)
+        return lambda: self.loss(examples)
 
 
 class Composer(ABC):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -107,19 +108,35 @@ class LoRAHubComposer(StaticComposer):
         return int(data.seed if self.seed is None else self.seed)
 
     def loss(self, examples: list[dict[str, Any]], data: SearchData) -> float:
-        """LoRAHub's `default_get_loss` (sum of batch-mean CE / k) or the mean CE."""
+        """LoRAHub's `default_get_loss` (sum of batch-mean CE / k) or the mean CE, of the model as it is."""
+        return self.prepared_loss(examples, data)()
+
+    def prepared_loss(self, examples: list[dict[str, Any]], data: SearchData) -> Callable[[], float]:
+        """`loss(examples, data)` as a callable, with the examples tokenised once (the search calls it per candidate)."""
         if self.loss_normalization == "mean":
-            return data.loss(examples)
+            return data.prepared_loss(examples)
         batch_size = self.batch_size or len(examples)
-        batch_means = [data.loss(examples[start : start + batch_size]) for start in range(0, len(examples), batch_size)]
-        return sum(batch_means) / len(examples)
+        batch_means = [data.prepared_loss(examples[start : start + batch_size]) for start in range(0, len(examples), batch_size)]
+        count = len(examples)
+        return lambda: sum(batch_mean() for batch_mean in batch_means) / count
+
+    def prepared_objective(
+        self, examples: list[dict[str, Any]], data: SearchData
+    ) -> Callable[[np.ndarray | list[float]], tuple[float, float]]:
+        """objective(w) -> (loss + regularization, loss), the candidate merged into the base (left merged)."""
+        loss_of_merged = self.prepared_loss(examples, data)
+
+        def objective(weights: np.ndarray | list[float]) -> tuple[float, float]:
+            weights = np.asarray(weights, dtype=np.float64)
+            self.merge_weights(weights.tolist(), self.merge, self.factors_form)
+            loss = loss_of_merged()
+            return loss + l1_regularization(weights, self.regularization), loss
+
+        return objective
 
     def objective(self, weights: np.ndarray | list[float], examples: list[dict[str, Any]], data: SearchData) -> tuple[float, float]:
         """(loss + regularization, loss) with the candidate merged into the base (left merged)."""
-        weights = np.asarray(weights, dtype=np.float64)
-        self.merge_weights(weights.tolist(), self.merge, self.factors_form)
-        loss = self.loss(examples, data)
-        return loss + l1_regularization(weights, self.regularization), loss
+        return self.prepared_objective(examples, data)(weights)
 
     # ------------------------------------------------------------------ the search
 
@@ -138,8 +155,10 @@ class LoRAHubComposer(StaticComposer):
         bar = tqdm(total=self.budget, desc="lorahub", disable=not self.progress)
         started = time.perf_counter()
 
+        objective = self.prepared_objective(examples, data)
+
         def score(weights: np.ndarray) -> float:
-            value, loss = self.objective(weights, examples, data)
+            value, loss = objective(weights)
             steps.append({"step": len(steps), "weights": [float(w) for w in weights], "loss": loss, "objective": value})
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", objective=f"{value:.4f}")
