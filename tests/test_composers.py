@@ -410,7 +410,7 @@ def test_bad_options_against_the_bank_raise_at_compose(tiny_base, tiny_bank, fac
     [
         ["composer=nla"],
         ["composer=nla", "composer.normalize=false"],
-        ["composer=lorahub", "composer.budget=3", "composer.progress=false"],
+        ["composer=lorahub", "composer.budget=3", "composer.progress=false", "composer.fit_per=suite", "composer.search_seeds=1"],
         ["composer=pems", "composer.step=0.5", "composer.num_validation=4", "experts.count=3"],
         ["composer=single", "composer.expert=tiny_expert_01"],
         ["composer=mixer"],

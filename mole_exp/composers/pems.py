@@ -86,9 +86,10 @@ class PEMsComposer(StaticComposer):
         merge: str = "factors",
         factors_form: str = "lorahub",
         seed: int | None = None,
+        fit_per: str = "suite",
         name: str | None = None,
     ):
-        super().__init__(name=name)
+        super().__init__(name=name, fit_per=fit_per)
         self.given_weights = check_weights("composer.weights", weights)
         self.negate_spec = list(negate or [])
         self.strategy = check_choice("composer.strategy", strategy, STRATEGIES)

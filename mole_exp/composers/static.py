@@ -17,8 +17,8 @@ from mole_exp.models import BaseModel
 
 
 class StaticComposer(Composer):
-    def __init__(self, name: str | None = None, mask: list[str | int] | None = None):
-        super().__init__(name=name, mask=mask)
+    def __init__(self, name: str | None = None, mask: list[str | int] | None = None, fit_per: str | None = None):
+        super().__init__(name=name, mask=mask, fit_per=fit_per)
         self.merger: StackedMerge | None = None
 
     def attach(self, base: BaseModel, bank: ExpertBank) -> None:
@@ -37,6 +37,11 @@ class StaticComposer(Composer):
     ) -> None:
         """Write W0 + dW(weights) into the base (replacing any earlier merge; see composers/merge.py for the forms)."""
         self.merger.apply_weights(weights, merge, factors_form, b_signs)
+
+    def release(self) -> None:
+        """W = W0 again in every adapted linear (bit for bit)."""
+        if self.merger is not None:
+            self.merger.restore()
 
     def exportable(self) -> bool:
         return self.merger is not None
