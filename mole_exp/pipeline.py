@@ -408,7 +408,7 @@ def _run(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str, 
     if eval_task is not task:
         eval_task.load(need_train=False, eval_limit=cfg.data.eval_limit)
     if needs_training and per_dataset:
-        require_training_rows(task, list(task.test))
+        require_training_rows(task, list(eval_task.test))
     units = plan_units(
         composer.fit_per, list(task.train), list(eval_task.test), int(cfg.seed), cfg.composer.get("seed"), getattr(composer, "search_seeds", 1)
     )

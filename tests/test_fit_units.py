@@ -257,6 +257,18 @@ def test_a_lorahub_run_fitted_per_dataset_records_a_weight_vector_per_dataset_an
 
 
 @needs_data
+def test_a_pems_run_fitted_per_dataset_records_its_coefficients_per_dataset(base_overrides):
+    outputs, overrides = base_overrides
+    pems = ["composer=pems", "composer.fit_per=dataset", "composer.step=0.5", "composer.num_validation=4", "experts.count=3"]
+    metrics = run(compose_cfg(overrides + NLI_TWO + pems, output_dir=outputs / "pems"))
+    assert metrics["protocol"]["fit_units"] == ["qnli", "wnli"] and metrics["protocol"]["search_seeds"] is None
+    for dataset in ("qnli", "wnli"):
+        unit = metrics["units"][dataset]
+        assert sum(unit["composer"]["weights"].values()) == pytest.approx(1.0) and len(unit["composer"]["lambdas"]) == 2
+        assert len(unit["search"]["candidates"]) == 2 * 3 and unit["search"]["num_validation"] == 4
+
+
+@needs_data
 def test_dry_run_shows_the_units(base_overrides, capsys):
     outputs, overrides = base_overrides
     plan = run(compose_cfg(overrides + ["task=nli", "composer=lorahub", "dry_run=true"], output_dir=outputs / "dry"))
