@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SMOKE_ARGS := task=nli composer=mole model=tiny experts=tiny trainer=cpu trainer.max_steps=20 data.eval_limit=16
 
-.PHONY: install test test-all smoke lint reproduce-mini bench bench-cpu-large
+.PHONY: install test test-all smoke lint reproduce-mini bench bench-cpu-large bench-lorahub
 
 install:  ## create .venv and install the package with its dev extras (torch 2.13 from the local wheel)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -32,3 +32,6 @@ bench:  ## MoLE step time / memory vs the base, the per-expert loop and PEFT (ti
 
 bench-cpu-large:  ## the README's CPU table: FLAN-T5-large widths, 2+2 blocks, batch 8 (~10 min on 2 cores)
 	$(BIN)/python scripts/bench_mole.py --model flan-t5-large --layers 2 --device cpu --threads 2 --experts 8,24,48,128 --targets qv --batch 8 --repeats 3 --warmup 1 --gen-tokens 8 --gen-repeats 1 --max-config-seconds 150
+
+bench-lorahub:  ## LoRAHub objective evaluations/s, ours vs the official lorahub==0.1.0 (pip install --no-deps lorahub==0.1.0 first), one thread
+	$(BIN)/python scripts/bench_lorahub.py --experts 8,128 --threads 1 --repeats 7 --output outputs/bench/lorahub.json

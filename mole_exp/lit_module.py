@@ -79,11 +79,15 @@ class ComposerLitModule(L.LightningModule):
 
 
 class GateStatisticsWriter(L.Callback):
-    """Appends the composer's per-step statistics (loss, gate entropy, per-gate weights) to a JSONL file."""
+    """Appends the composer's per-step statistics (loss, gate entropy, per-gate weights) to a JSONL file.
 
-    def __init__(self, path: str | Path, every_n_steps: int = 1):
+    `tags` go into every row (a run with several fit units: {"unit": ..., "dataset": ...}); on resume only
+    the rows of the same unit past the checkpoint are dropped."""
+
+    def __init__(self, path: str | Path, every_n_steps: int = 1, tags: dict[str, Any] | None = None):
         self.path = Path(path)
         self.every_n_steps = max(1, int(every_n_steps))
+        self.tags = dict(tags or {})
         self._started = False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -91,9 +95,11 @@ class GateStatisticsWriter(L.Callback):
         if not stats or stats["step"] % self.every_n_steps != 0 or trainer.global_rank != 0:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self._started and self.path.exists():  # a resumed run: drop lines past the checkpoint
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] < stats["step"]]
+        if not self._started and self.path.exists():  # a resumed run (or unit): drop its lines past the checkpoint
+            unit = self.tags.get("unit")
+            rows = [(line, json.loads(line)) for line in self.path.read_text().splitlines()]
+            kept = [line for line, row in rows if row.get("unit") != unit or row["step"] < stats["step"]]
             self.path.write_text("".join(line + "\n" for line in kept))
         self._started = True
         with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(stats) + "\n")
+            handle.write(json.dumps({**self.tags, **stats}) + "\n")

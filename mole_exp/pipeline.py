@@ -1,9 +1,15 @@
 """run(cfg): build the frozen base and experts, compose, fit, evaluate, write the run's results.
 
-    model + experts -> composer.compose -> (Lightning fit | composer.search) -> evaluate -> metrics.json
+    model + experts -> for each fit unit: composer.compose -> (Lightning fit | composer.search) -> evaluate
+                    -> metrics.json (the units' results combined)
+
+A fit unit (mole_exp/fit_units.py) is one composition: `composer.fit_per=suite` is one unit for the suite,
+`fit_per=dataset` one per evaluated dataset (times `search_seeds` for lorahub), each a fresh composer on
+the restored base.
 
 Results of a run (its Hydra folder): config.yaml, metrics.json, predictions.jsonl, gate_stats.jsonl
-(gate composers), checkpoints/composer.safetensors (only what trained), logs/ (Lightning's logger).
+(gate composers), checkpoints/composer.safetensors (only what trained), logs/ (Lightning's logger); a run
+with several units keeps checkpoints/<unit>/, logs/<unit>/ and units/<unit>.json (finished units).
 """
 
 from __future__ import annotations
@@ -22,13 +28,26 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mole_exp.composers.base import Composer, SearchData
-from mole_exp.data import collator, tokenize, train_loader
+from mole_exp.data import train_loader
 from mole_exp.evaluation.evaluator import GenerationSettings, evaluate_task, score_examples
-from mole_exp.experts import load_experts
+from mole_exp.evaluation.unit_metrics import combine_unit_results
+from mole_exp.experts import ExpertBank, load_experts
 from mole_exp.experts import precheck as precheck_experts
+from mole_exp.fit_units import (
+    SUITE,
+    FitUnit,
+    check_fit_config,
+    configured_datasets,
+    is_flat,
+    plan_units,
+    require_training_rows,
+    task_slice,
+)
 from mole_exp.io import METRICS_FILE, PREDICTIONS_FILE, guard_run_dir, write_atomic, write_json, write_jsonl
 from mole_exp.lit_module import ComposerLitModule, GateStatisticsWriter
 from mole_exp.models import BaseModel
+from mole_exp.search_loss import ExampleLoss
+from mole_exp.unit_store import RESUME_CHECKPOINT, has_progress, load_unit, progress_time, save_unit
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +91,8 @@ def validate(cfg: DictConfig) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"data.{key}={value!r} must be a positive integer or null")
     precheck_experts(cfg.experts)
+    build(cfg.composer, _convert_="all").check_fit_per()  # the composer's options, fit_per included
+    check_fit_config(cfg)
     max_steps = cfg.trainer.get("max_steps", -1)
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps == 0 or max_steps < -1:
         raise ValueError(f"trainer.max_steps={max_steps!r} must be a positive integer (or -1 with max_epochs)")
@@ -80,20 +101,45 @@ def validate(cfg: DictConfig) -> None:
 def resolve_checkpoint(path: str) -> Path:
     path = Path(path)
     if path.is_dir():
+        if any(path.glob(f"checkpoints/*/{CHECKPOINT_FILE}")) and not (path / "checkpoints" / CHECKPOINT_FILE).exists():
+            raise FileNotFoundError(
+                f"checkpoint={str(path)!r} holds one checkpoint per fit unit (checkpoints/<dataset>/{CHECKPOINT_FILE}): "
+                f"it was fitted per dataset; evaluate it with composer.fit_per=dataset"
+            )
         path = path / "checkpoints" / CHECKPOINT_FILE
     if not path.exists():
         raise FileNotFoundError(f"checkpoint={str(path)!r} does not exist (expected <run dir>/checkpoints/{CHECKPOINT_FILE})")
     return path
 
 
-def save_composer_state(composer: Composer, run_dir: Path) -> Path | None:
+def resolve_unit_checkpoint(checkpoint: str, unit: FitUnit, flat: bool) -> Path:
+    """The gates of one fit unit: <run dir>/checkpoints/composer.safetensors (one suite fit) or
+    <run dir>/checkpoints/<unit>/composer.safetensors."""
+    if flat:
+        return resolve_checkpoint(checkpoint)
+    folder = Path(checkpoint)
+    if not folder.is_dir():
+        raise ValueError(
+            f"checkpoint={checkpoint!r}: a run fitted per unit (composer.fit_per=dataset) keeps one checkpoint per dataset; "
+            f"give its run folder (<run dir>/checkpoints/<dataset>/{CHECKPOINT_FILE})"
+        )
+    path = folder / "checkpoints" / unit.id / CHECKPOINT_FILE
+    if not path.exists():
+        raise FileNotFoundError(
+            f"checkpoint={checkpoint!r} has no checkpoints/{unit.id}/{CHECKPOINT_FILE}: that run did not fit {unit.scope!r} "
+            f"on its own (composer.fit_per and the evaluated datasets must be the run's)"
+        )
+    return path
+
+
+def save_composer_state(composer: Composer, run_dir: Path, unit_dir: str = "") -> Path | None:
     from safetensors.torch import save_file
 
     module = composer.trainable_module()
     if module is None:
         return None
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    path = run_dir / "checkpoints" / CHECKPOINT_FILE
+    path = run_dir / "checkpoints" / unit_dir / CHECKPOINT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_suffix(".tmp")
     save_file(state, str(temp), metadata={"composer": composer.name})
@@ -126,30 +172,21 @@ def generation_settings(cfg: DictConfig) -> GenerationSettings:
     )
 
 
-def make_search_data(base: BaseModel, task, cfg: DictConfig) -> SearchData:
+def make_search_data(base: BaseModel, task, cfg: DictConfig, seed: int | None = None) -> SearchData:
     """Examples, a loss (mean token cross-entropy per example) and a task score for gradient-free composers."""
     tokenizer, model = base.tokenizer, base.model
-    collate = collator(tokenizer)
-
-    @torch.no_grad()
-    def loss(examples: list[dict[str, Any]]) -> float:
-        model.eval()
-        device = next(model.parameters()).device
-        features = tokenize(tokenizer, examples, cfg.data.max_source_length, cfg.data.max_target_length)
-        total = 0.0
-        for start in range(0, len(features), cfg.data.eval_batch_size):
-            batch = {k: v.to(device) for k, v in collate(features[start : start + cfg.data.eval_batch_size]).items()}
-            total += float(model(**batch).loss) * len(batch["input_ids"])
-        return total / len(features)
+    loss = ExampleLoss(model, tokenizer, cfg.data.max_source_length, cfg.data.max_target_length, cfg.data.eval_batch_size)
 
     def task_score(examples: list[dict[str, Any]]) -> float:
         return score_examples(model, tokenizer, task, examples, generation_settings(cfg))
 
     mixture = task.train_mixture(cfg.data.mixture, cfg.data.get("mixture_cap"))
-    return SearchData(train_examples=mixture, validation_examples=mixture, loss=loss, score=task_score, seed=int(cfg.seed))
+    return SearchData(
+        train_examples=mixture, validation_examples=mixture, loss=loss, score=task_score, seed=int(cfg.seed if seed is None else seed),
+        prepare_loss=loss.prepare,
+    )
 
 
-RESUME_CHECKPOINT = "last.ckpt"
 RUN_STATE_FILE = "run_state.json"
 
 
@@ -160,10 +197,13 @@ def find_resumable_run(cfg: DictConfig, run_dir: Path) -> Path | None:
         return None
     if cfg.resume is not True:
         folder = Path(str(cfg.resume))
-        if not (folder / "checkpoints" / RESUME_CHECKPOINT).exists():
-            raise FileNotFoundError(f"resume={str(folder)!r}: no checkpoints/{RESUME_CHECKPOINT} there to resume from")
+        if not has_progress(folder):
+            raise FileNotFoundError(
+                f"resume={str(folder)!r}: nothing there to resume from (no checkpoints/{RESUME_CHECKPOINT}, "
+                f"checkpoints/<unit>/{RESUME_CHECKPOINT} or finished units/)"
+            )
         return folder
-    if (run_dir / "checkpoints" / RESUME_CHECKPOINT).exists():
+    if has_progress(run_dir):
         return run_dir
     wanted = config_hash(cfg)
     candidates = []
@@ -173,27 +213,39 @@ def find_resumable_run(cfg: DictConfig, run_dir: Path) -> Path | None:
             state = json.loads(state_file.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if state.get("config_hash") == wanted and not (folder / METRICS_FILE).exists() and (folder / "checkpoints" / RESUME_CHECKPOINT).exists():
-            candidates.append(((folder / "checkpoints" / RESUME_CHECKPOINT).stat().st_mtime, folder))
+        if state.get("config_hash") == wanted and not (folder / METRICS_FILE).exists() and has_progress(folder):
+            candidates.append((progress_time(folder), folder))
     return max(candidates)[1] if candidates else None
 
 
 def fit(
-    cfg: DictConfig, base: BaseModel, composer: Composer, examples: list[dict[str, Any]], run_dir: Path, resume_from: Path | None = None
+    cfg: DictConfig,
+    base: BaseModel,
+    composer: Composer,
+    examples: list[dict[str, Any]],
+    run_dir: Path,
+    resume_from: Path | None = None,
+    unit: FitUnit | None = None,
 ) -> tuple[dict[str, Any], L.Trainer]:
+    """Train the composer's parameters with Lightning. `unit` (a run with several fit units): its seed, and
+    its own checkpoints/<unit>/, logs/<unit>/ and tagged gate_stats.jsonl rows; `resume_from`: a run folder
+    holding the (unit's) last.ckpt to continue from."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    seed = int(cfg.seed) if unit is None else unit.seed
+    checkpoint_dir = run_dir / "checkpoints" / (unit.id if unit else "")
+    tags = {"unit": unit.id, **({"dataset": unit.scope} if unit.scope != SUITE else {})} if unit else {}
     loader = train_loader(
-        base.tokenizer, examples, cfg.data.batch_size, cfg.data.max_source_length, cfg.data.max_target_length, int(cfg.seed), cfg.data.num_workers
+        base.tokenizer, examples, cfg.data.batch_size, cfg.data.max_source_length, cfg.data.max_target_length, seed, cfg.data.num_workers
     )
     module = ComposerLitModule(base.model, composer, build(cfg.optimizer))
-    logger = build(cfg.logger) if cfg.get("logger") else False
-    callbacks = [GateStatisticsWriter(run_dir / "gate_stats.jsonl", cfg.get("gate_stats_every_n_steps", 1))]
+    logger = (build(cfg.logger, **({"version": unit.id} if unit else {}))) if cfg.get("logger") else False
+    callbacks = [GateStatisticsWriter(run_dir / "gate_stats.jsonl", cfg.get("gate_stats_every_n_steps", 1), tags)]
     if cfg.get("checkpoint_every_n_steps"):
         # gates-only checkpoints (see ComposerLitModule.on_save_checkpoint), for resume after a crash
         callbacks.append(
             ModelCheckpoint(
-                dirpath=run_dir / "checkpoints", filename="last", every_n_train_steps=int(cfg.checkpoint_every_n_steps),
+                dirpath=checkpoint_dir, filename="last", every_n_train_steps=int(cfg.checkpoint_every_n_steps),
                 save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=False,
             )
         )
@@ -202,7 +254,8 @@ def fit(
     trainer: L.Trainer = build(cfg.trainer, logger=logger, callbacks=callbacks, enable_checkpointing=enable_checkpointing)
     base.model.train()  # dropout as in ordinary fine-tuning; only the gates receive gradients
     started = time.perf_counter()
-    checkpoint = str(resume_from / "checkpoints" / RESUME_CHECKPOINT) if resume_from else None
+    resumable = checkpoint_dir / RESUME_CHECKPOINT if resume_from else None
+    checkpoint = str(resumable) if resumable is not None and resumable.exists() else None  # a unit may not have got that far
     # weights_only: resuming never unpickles arbitrary objects (the checkpoint holds tensors and plain state)
     trainer.fit(module, train_dataloaders=loader, ckpt_path=checkpoint, weights_only=True)
     return {
@@ -215,9 +268,19 @@ def fit(
     }, trainer
 
 
+def planned_units(cfg: DictConfig) -> list[FitUnit]:
+    """The run's fit units from its config alone (the configured datasets; Hub-only ones may be skipped later)."""
+    datasets = configured_datasets(cfg.task)
+    scored = configured_datasets(cfg.eval_task) if cfg.get("eval_task") else datasets
+    return plan_units(
+        cfg.composer.get("fit_per"), datasets, scored, int(cfg.seed), cfg.composer.get("seed"), int(cfg.composer.get("search_seeds") or 1)
+    )
+
+
 def describe(cfg: DictConfig) -> dict[str, Any]:
     """What a run would do, from its config alone (for dry runs and sweep planning)."""
     model = cfg.model.get("name_or_path") or cfg.model._target_.rsplit(".", 1)[-1]
+    units = planned_units(cfg)
     return {
         "overrides": list(cfg.get("overrides") or []),
         "model": str(model),
@@ -227,7 +290,17 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
         "eval_task": cfg.eval_task.name if cfg.get("eval_task") else cfg.task.name,
         "max_steps": cfg.trainer.max_steps,
         "seed": cfg.seed,
+        "fit_per": cfg.composer.get("fit_per"),
+        "units": describe_units(units),
     }
+
+
+def describe_units(units: list[FitUnit]) -> str:
+    """e.g. "10 (per dataset: qnli wnli; x5 search seeds)" or "1 (suite)"."""
+    scopes = list(dict.fromkeys(unit.scope for unit in units))
+    seeds = len(units) // len(scopes)
+    where = "suite" if scopes == [SUITE] else f"per dataset: {' '.join(scopes)}"
+    return f"{len(units)} ({where}" + (f"; x{seeds} search seeds)" if seeds > 1 else ")")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -255,6 +328,74 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise
 
 
+def unit_experts(cfg: DictConfig, base: BaseModel, unit: FitUnit, loaded: dict[Any, ExpertBank]) -> ExpertBank:
+    """The experts a fit unit composes. Every unit shares the run's bank (it depends on the experts config
+    alone); this is the one place where a pool that depends on the unit's scored datasets would be resolved:
+    key `loaded` by the unit's resolved expert list, so that each distinct bank loads once."""
+    key = "run"
+    if key not in loaded:
+        loaded[key] = load_experts(cfg.experts, base)
+    return loaded[key]
+
+
+def run_unit(
+    cfg: DictConfig,
+    unit: FitUnit,
+    flat: bool,
+    base: BaseModel,
+    banks: dict[Any, ExpertBank],
+    task,
+    eval_task,
+    run_dir: Path,
+    resume_from: Path | None,
+    device: torch.device,
+) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """Compose a fresh composer on the base, fit it on the unit's datasets (or load its checkpoint), score it
+    on the unit's datasets, and restore the base. Returns (record, predictions); None on DDP ranks > 0."""
+    if not flat:
+        L.seed_everything(unit.seed, workers=True, verbose=False)  # each unit from the same state, whatever ran before
+    composer: Composer = build(cfg.composer, _convert_="all", **({"seed": unit.seed} if "seed" in cfg.composer else {}))
+    bank = unit_experts(cfg, base, unit, banks)
+    trainable = composer.compose(base, bank)
+    base.model.to(device)
+    record: dict[str, Any] = {**unit.record(), "experts": list(bank.names)}
+    fit_view = task if unit.scope == SUITE else task_slice(task, train=list(unit.fit_datasets))
+    score_view = eval_task if unit.scope == SUITE else task_slice(eval_task, test=list(unit.scored_datasets))
+    if cfg.mode == "eval":
+        checkpoint = resolve_unit_checkpoint(cfg.checkpoint, unit, flat)
+        load_composer_state(composer, checkpoint)
+        record["checkpoint"] = str(checkpoint)
+    else:
+        if composer.needs_search:
+            record["search"] = composer.search(make_search_data(base, fit_view, cfg, seed=unit.seed))
+        if trainable:
+            mixture = fit_view.train_mixture(cfg.data.mixture, cfg.data.get("mixture_cap"))
+            record["train"], trainer = fit(cfg, base, composer, mixture, run_dir, resume_from, None if flat else unit)
+            if trainer.global_rank != 0:  # DDP: the other ranks only help train
+                composer.release()
+                return None
+            checkpoint = save_composer_state(composer, run_dir, "" if flat else unit.id)
+            record["checkpoint"] = str(checkpoint) if checkpoint else None
+    base.model.to(device)
+    composer.prepare_inference()
+    if cfg.get("export_dir"):  # several units: one folder each
+        record["export"] = composer.export(str(Path(cfg.export_dir) / ("" if flat else unit.id)))
+    results, predictions = evaluate_task(
+        base.model, base.tokenizer, score_view, generation_settings(cfg), before_dataset=composer.before_dataset
+    )
+    record["composer"] = composer.summary()
+    record["results"] = results
+    composer.release()
+    if not flat:
+        predictions = [{**row, "unit": unit.id} for row in predictions]
+    return record, predictions
+
+
+def unit_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """A unit's entry in metrics.json: its record with its own metrics instead of the full results."""
+    return {**{k: v for k, v in record.items() if k != "results"}, "metrics": record["results"]["metrics"]}
+
+
 def _run(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str, Any]:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
@@ -262,39 +403,47 @@ def _run(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str, 
     task = build(cfg.task, _convert_="all")
     eval_task = build(cfg.eval_task, _convert_="all") if cfg.get("eval_task") else task
     needs_training = cfg.mode == "train" and composer.needs_training_data
-    task.load(need_train=needs_training, train_limit=cfg.data.train_limit, eval_limit=cfg.data.eval_limit)
+    per_dataset = composer.fit_per == "dataset"
+    task.load(need_train=needs_training and not per_dataset, train_limit=cfg.data.train_limit, eval_limit=cfg.data.eval_limit)
     if eval_task is not task:
         eval_task.load(need_train=False, eval_limit=cfg.data.eval_limit)
+    if needs_training and per_dataset:
+        require_training_rows(task, list(eval_task.test))
+    units = plan_units(
+        composer.fit_per, list(task.train), list(eval_task.test), int(cfg.seed), cfg.composer.get("seed"), getattr(composer, "search_seeds", 1)
+    )
+    flat = is_flat(units)
+    if cfg.mode == "eval":  # every unit's checkpoint is there before any model loads
+        for unit in units:
+            resolve_unit_checkpoint(cfg.checkpoint, unit, flat)
+    log.info("fit units (composer.fit_per=%s): %s", composer.fit_per, [unit.id for unit in units])
 
     base: BaseModel = build(cfg.model)
-    bank = load_experts(cfg.experts, base)
-    trainable = composer.compose(base, bank)
     device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
-    base.model.to(device)
+    banks: dict[Any, ExpertBank] = {}
+    records: dict[str, dict[str, Any]] = {}
+    predictions: list[dict[str, Any]] = []
+    helper_rank = False
+    for unit in units:
+        finished = load_unit(run_dir, unit.id) if resume_from is not None and not flat else None
+        if finished is not None:
+            log.info("fit unit %s finished before the interruption: kept, not redone", unit.id)
+        else:
+            finished = run_unit(cfg, unit, flat, base, banks, task, eval_task, run_dir, resume_from, device)
+            if finished is None:
+                helper_rank = True
+                continue
+            if not flat:
+                save_unit(run_dir, unit.id, *finished)
+        records[unit.id], unit_predictions = finished
+        predictions.extend(unit_predictions)
+    if helper_rank:
+        return {"status": "rank_exit"}
 
-    report: dict[str, Any] = {}
-    if cfg.mode == "eval":
-        load_composer_state(composer, resolve_checkpoint(cfg.checkpoint))
-        report["checkpoint"] = str(resolve_checkpoint(cfg.checkpoint))
-    else:
-        search_log = composer.search(make_search_data(base, task, cfg)) if composer.needs_search else {}
-        if search_log:
-            report["search"] = search_log
-        if trainable:
-            mixture = task.train_mixture(cfg.data.mixture, cfg.data.get("mixture_cap"))
-            report["train"], trainer = fit(cfg, base, composer, mixture, run_dir, resume_from)
-            if trainer.global_rank != 0:  # DDP: the other ranks only helped train
-                return {"status": "rank_exit", "rank": trainer.global_rank}
-            checkpoint = save_composer_state(composer, run_dir)
-            report["checkpoint"] = str(checkpoint) if checkpoint else None
-    base.model.to(device)
-    composer.prepare_inference()
-
-    if cfg.get("export_dir"):
-        report["export"] = composer.export(str(cfg.export_dir))
-    results, predictions = evaluate_task(
-        base.model, base.tokenizer, eval_task, generation_settings(cfg), before_dataset=composer.before_dataset
-    )
+    results = combine_unit_results(eval_task.name, units, {unit_id: record["results"] for unit_id, record in records.items()})
+    first = records[units[0].id]
+    bank = next(iter(banks.values())) if banks else load_experts(cfg.experts, base)
+    report = {k: first[k] for k in ("search", "train", "checkpoint", "export") if k in first} if flat else {}
     metrics = {
         **results,
         "status": "completed",
@@ -303,11 +452,17 @@ def _run(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str, 
         "skipped": eval_task.skipped,
         "split_notes": {**task.notes, **eval_task.notes},
         "model": base.model_id,
-        "composer": composer.summary(),
+        "composer": first["composer"] if flat else {"name": composer.name, "fit_per": composer.fit_per, "units": [u.id for u in units]},
         "experts": {"names": bank.names, "count": len(bank), "sources": bank.sources},
         "seed": int(cfg.seed),
         "config_hash": config_hash(cfg),
         "overrides": list(cfg.get("overrides") or []),
+        "protocol": {
+            "fit_per": composer.fit_per,
+            "search_seeds": getattr(composer, "search_seeds", None),
+            "fit_units": [unit.id for unit in units],
+        },
+        "units": {unit_id: unit_summary(record) for unit_id, record in records.items()},
         **report,
     }
     write_jsonl(run_dir / PREDICTIONS_FILE, predictions)
@@ -316,4 +471,3 @@ def _run(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str, 
     log.info("metrics: %s", {k: round(v, 3) for k, v in metrics["metrics"].items()})
     log.info("results written to %s", run_dir)
     return metrics
-

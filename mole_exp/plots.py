@@ -16,13 +16,30 @@ import yaml
 STATS_FILE = "gate_stats.jsonl"
 
 
-def read_stats(run_dir: Path) -> list[dict[str, Any]]:
+def read_all_stats(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / STATS_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: only gate composers (mole, mixer) write gate statistics")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not rows:
         raise ValueError(f"{path} is empty")
+    return rows
+
+
+def stats_units(run_dir: Path) -> list[str | None]:
+    """The fit units whose rows the file holds ([None] for a run fitted once for its suite)."""
+    return list(dict.fromkeys(row.get("unit") for row in read_all_stats(run_dir)))
+
+
+def read_stats(run_dir: Path, unit: str | None = None) -> list[dict[str, Any]]:
+    """The rows of one fit: the run's, or (a run fitted per dataset) those of `unit`."""
+    rows, units = read_all_stats(run_dir), stats_units(run_dir)
+    if unit is None and len(units) > 1:
+        raise ValueError(f"{Path(run_dir) / STATS_FILE} holds the gates of {len(units)} fit units {units} (fitted per dataset); choose one")
+    if unit is not None:
+        rows = [row for row in rows if row.get("unit") == unit]
+        if not rows:
+            raise ValueError(f"{Path(run_dir) / STATS_FILE} has no rows of fit unit {unit!r}; its units are {units}")
     return rows
 
 
@@ -67,10 +84,11 @@ def plot_entropy(folders: list[Path], out: Path) -> Path:
 
     runs = find_runs(folders)
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    width = 0.8 / len(runs)
-    for index, run_dir in enumerate(runs):
-        rows = read_stats(run_dir)
-        label = run_label(run_dir)
+    fits = [(run_dir, unit) for run_dir in runs for unit in stats_units(run_dir)]  # per-dataset runs: a line per unit
+    width = 0.8 / len(fits)
+    for index, (run_dir, unit) in enumerate(fits):
+        rows = read_stats(run_dir, unit)
+        label = run_label(run_dir) + (f" [{unit}]" if unit else "")
         left.plot([r["step"] for r in rows], [r["gate_entropy"] for r in rows], label=label)
         gates = rows[-1].get("gates") or {}
         if gates:
@@ -92,14 +110,15 @@ def plot_entropy(folders: list[Path], out: Path) -> Path:
     return out
 
 
-def plot_heatmap(run_dir: Path, out: Path) -> Path:
-    """Figure 7: the learned weight of every expert at every gate (last logged step)."""
+def plot_heatmap(run_dir: Path, out: Path, unit: str | None = None) -> Path:
+    """Figure 7: the learned weight of every expert at every gate (last logged step); `unit`: which fit of a
+    run fitted per dataset."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_stats(run_dir)
+    rows = read_stats(run_dir, unit)
     gates = rows[-1].get("gates") or {}
     if not gates:
         raise ValueError(f"{Path(run_dir) / STATS_FILE} holds no per-gate weights")
@@ -110,7 +129,7 @@ def plot_heatmap(run_dir: Path, out: Path) -> Path:
     image = axis.imshow(weights, aspect="auto", cmap="viridis")
     axis.set_yticks(range(len(scopes)), scopes, fontsize=6)
     axis.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=6)
-    axis.set_title(f"gate weights at step {rows[-1]['step']}: {run_label(run_dir)}", fontsize=9)
+    axis.set_title(f"gate weights at step {rows[-1]['step']}: {run_label(run_dir)}" + (f" [{unit}]" if unit else ""), fontsize=9)
     figure.colorbar(image, ax=axis, label="weight")
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

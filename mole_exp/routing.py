@@ -62,6 +62,12 @@ class Router(nn.Module):
             stacks["decoder"].register_forward_pre_hook(self._before_decoder, with_kwargs=True),
         ]
 
+    def detach(self) -> None:
+        """Remove the hooks `attach` put on the stacks (the MoLELinear layers are unwrapped by the composer)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
     def _before_encoder(self, module, args, kwargs):
         self._stream_masks["encoder"] = kwargs.get("attention_mask")
         self._pass_probs.clear()

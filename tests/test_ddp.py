@@ -44,3 +44,21 @@ def test_ddp_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_
         moved |= bool((tensor != 0).any())
     assert moved  # the gates trained (they start at 0)
     assert not (tmp_path / "ddp" / "metrics.json.tmp").exists()
+
+
+def test_ddp_runs_every_fit_unit_of_a_per_dataset_run(tmp_path):
+    """Rank 1 follows rank 0 through the units (it trains each, evaluates none); each unit's gates match one process."""
+    per_dataset = ["task.only=[qnli,wnli]", "composer.fit_per=dataset"]  # QNLI's and WNLI's targets are "yes" / "no"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MOLE_EXP_CACHE": str(tmp_path / "cache")}
+    runs = {}
+    for name, args in {"single": ["trainer=cpu", "data.batch_size=8"], "ddp": ["trainer=ddp", "trainer.devices=2", "data.batch_size=4"]}.items():
+        result = subprocess.run([sys.executable, "train.py", *COMMON, *per_dataset, *args, f"hydra.run.dir={tmp_path / name}"], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert runs["ddp"]["protocol"]["fit_units"] == ["qnli", "wnli"]
+    for unit in ("qnli", "wnli"):
+        assert runs["ddp"]["units"][unit]["train"]["steps"] == runs["single"]["units"][unit]["train"]["steps"] == 5
+        single = load_file(str(tmp_path / "single" / "checkpoints" / unit / "composer.safetensors"))
+        ddp = load_file(str(tmp_path / "ddp" / "checkpoints" / unit / "composer.safetensors"))
+        assert single.keys() == ddp.keys() and all((ddp[k] - v).abs().max() < 2e-3 for k, v in single.items()), unit

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from safetensors.torch import load_file
 
 from tests.conftest import DATA_DIR, ROOT, needs_data
@@ -52,6 +53,34 @@ def test_kill_9_then_resume_ends_like_an_uninterrupted_run(tmp_path):
         assert (gates[name] == tensor).all(), name
     steps = [json.loads(line)["step"] for line in (crashed_dir / "gate_stats.jsonl").read_text().splitlines()]
     assert steps == list(range(12))
+
+
+@pytest.mark.slow
+def test_kill_9_in_a_per_dataset_run_resumes_that_unit_and_keeps_the_finished_ones(tmp_path):
+    per_dataset = ["composer.fit_per=dataset", "trainer.max_steps=8"]
+    reference = train(per_dataset, tmp_path, "reference")
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    crashed = train(per_dataset + ["callbacks=[{_target_:tests.helpers.KillAtStep,step:6,unit:wnli}]"], tmp_path, "crashed")
+    assert crashed.returncode == -9, crashed.stderr[-2000:]
+    crashed_dir, reference_dir = tmp_path / "outputs" / "crashed", tmp_path / "outputs" / "reference"
+    assert (crashed_dir / "units" / "qnli.json").exists() and (crashed_dir / "checkpoints" / "wnli" / "last.ckpt").exists()
+    finished_qnli = (crashed_dir / "units" / "qnli.json").read_bytes()
+
+    resumed = train(per_dataset + ["resume=true"], tmp_path, "resumed")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "fit unit qnli finished before the interruption" in resumed.stderr + resumed.stdout
+    assert (crashed_dir / "units" / "qnli.json").read_bytes() == finished_qnli
+    metrics = json.loads((crashed_dir / "metrics.json").read_text())
+    reference_metrics = json.loads((reference_dir / "metrics.json").read_text())
+    assert metrics["units"]["wnli"]["train"]["resumed_from"].endswith("wnli/last.ckpt")
+    assert metrics["metrics"] == reference_metrics["metrics"]
+    for unit in ("qnli", "wnli"):
+        gates = load_file(str(crashed_dir / "checkpoints" / unit / "composer.safetensors"))
+        reference_gates = load_file(str(reference_dir / "checkpoints" / unit / "composer.safetensors"))
+        assert gates.keys() == reference_gates.keys() and all((gates[k] == v).all() for k, v in reference_gates.items()), unit
+    rows = [json.loads(line) for line in (crashed_dir / "gate_stats.jsonl").read_text().splitlines()]
+    assert [(r["unit"], r["step"]) for r in rows] == [(u, s) for u in ("qnli", "wnli") for s in range(8)]
 
 
 def test_same_seed_same_config_same_results(tmp_path, smoke_overrides):

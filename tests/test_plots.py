@@ -36,3 +36,20 @@ def test_a_run_without_gate_statistics_is_a_clear_error(tmp_path):
         plot_heatmap(tmp_path / "nla_run", tmp_path / "x.png")
     with pytest.raises(FileNotFoundError, match="no gate_stats.jsonl under"):
         plot_entropy([tmp_path / "nla_run"], tmp_path / "x.png")
+
+
+def test_a_run_fitted_per_dataset_plots_one_line_per_unit_and_one_heatmap_per_chosen_unit(tmp_path):
+    from mole_exp.plots import read_stats
+
+    folder = tmp_path / "per_dataset"
+    write_run(folder, 0.5)
+    rows = [json.loads(line) for line in (folder / "gate_stats.jsonl").read_text().splitlines()]
+    tagged = [{"unit": unit, "dataset": unit, **row} for unit in ("qnli", "wnli") for row in rows]
+    (folder / "gate_stats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tagged))
+    assert [r["unit"] for r in read_stats(folder, "wnli")] == ["wnli"] * len(rows)
+    with pytest.raises(ValueError, match=r"holds the gates of 2 fit units \['qnli', 'wnli'\] \(fitted per dataset\); choose one"):
+        plot_heatmap(folder, tmp_path / "x.png")
+    with pytest.raises(ValueError, match=r"no rows of fit unit 'anli_r1'; its units are \['qnli', 'wnli'\]"):
+        plot_heatmap(folder, tmp_path / "x.png", unit="anli_r1")
+    assert plot_heatmap(folder, tmp_path / "fig7.png", unit="qnli").stat().st_size > 10_000
+    assert plot_entropy([folder], tmp_path / "fig5.png").stat().st_size > 10_000

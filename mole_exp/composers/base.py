@@ -9,6 +9,9 @@ name. The pipeline treats them all alike:
     composer.prepare_inference()                 # e.g. apply an expert mask
     ... the one evaluator generates with base.model ...
     composer.summary()                           # what to record in metrics.json
+    composer.release()                           # undo compose (the next fit unit composes a fresh composer)
+
+With `fit_per: dataset` the pipeline repeats this once per evaluated dataset (mole_exp/fit_units.py).
 
 A composer never reads task configuration; the pipeline hands it only what it needs.
 """
@@ -27,6 +30,7 @@ from mole_exp.experts import ExpertBank
 from mole_exp.models import BaseModel
 
 COMPOSERS: dict[str, type[Composer]] = {}
+FIT_PER = ("suite", "dataset")
 
 
 def register_composer(name: str) -> Callable[[type[Composer]], type[Composer]]:
@@ -44,7 +48,8 @@ def register_composer(name: str) -> Callable[[type[Composer]], type[Composer]]:
 class SearchData:
     """What a gradient-free composer may use: the training mixture's examples and a loss to score them.
 
-    `loss(examples)` is the mean token cross-entropy of the current model on (source, target) pairs.
+    `loss(examples)` is the mean token cross-entropy of the current model on (source, target) pairs
+    (mole_exp/search_loss.py).
     """
 
     train_examples: list[dict[str, Any]]
@@ -52,6 +57,15 @@ class SearchData:
     loss: Callable[[list[dict[str, Any]]], float]
     score: Callable[[list[dict[str, Any]]], float] | None = None  # task metric (higher is better), if given
     seed: int = 0
+    # prepare_loss(examples)() == loss(examples), with the examples tokenised once (for many candidates)
+    prepare_loss: Callable[[list[dict[str, Any]]], Callable[[], float]] | None = None
+
+    def prepared_loss(self, examples: list[dict[str, Any]]) -> Callable[[], float]:
+        """A callable returning `loss(examples)` for the weights the model holds when it is called."""
+        if self.prepare_loss is not None:
+            return self.prepare_loss(list(examples))
+        examples = list(examples)
+        return lambda: self.loss(examples)
 
 
 class Composer(ABC):
@@ -67,9 +81,12 @@ class Composer(ABC):
     def needs_search(self) -> bool:
         return self.searches
 
-    def __init__(self, name: str | None = None, mask: list[str | int] | None = None):
+    def __init__(self, name: str | None = None, mask: list[str | int] | None = None, fit_per: str | None = None):
         if name is not None and name != self.name:
             raise ValueError(f"composer.name={name!r} but this is the {self.name!r} composer ({type(self).__name__})")
+        if fit_per is not None and fit_per not in FIT_PER:
+            raise ValueError(f"composer.fit_per={fit_per!r} is not one of {list(FIT_PER)} (or null for a composer that fits nothing)")
+        self.fit_per = fit_per  # one composition per suite or per evaluated dataset (mole_exp/fit_units.py)
         self.mask_spec = list(mask) if mask else []
         self.base: BaseModel | None = None
         self.bank: ExpertBank | None = None
@@ -78,6 +95,23 @@ class Composer(ABC):
     @abstractmethod
     def compose(self, base: BaseModel, bank: ExpertBank) -> list[nn.Parameter]:
         """Modify `base.model` in place; return the parameters that gradient training should fit."""
+
+    def check_fit_per(self) -> None:
+        """fit_per means something only for a composer that fits weights or gates (raises otherwise)."""
+        fitting = sorted(name for name, cls in COMPOSERS.items() if cls.trains or cls.searches)
+        if self.fit_per is not None and not (self.trains or self.searches):
+            raise ValueError(
+                f"composer.fit_per={self.fit_per!r}: composer {self.name!r} fits nothing (its weights are fixed), so there is no "
+                f"fit to make per suite or per dataset; fit_per applies to {fitting}; leave it null for {self.name!r}"
+            )
+        if self.fit_per == "dataset" and not self.needs_training_data:
+            raise ValueError(
+                f"composer.fit_per=dataset: composer {self.name!r} fits nothing with these options (its weights are given), "
+                f"so there is nothing to fit per dataset; use fit_per=suite or let it search"
+            )
+
+    def release(self) -> None:
+        """Undo `compose`: leave `base.model` exactly as it was before (the next fit unit composes afresh)."""
 
     def _resolve_mask(self, bank: ExpertBank) -> None:
         if self.mask_spec:
@@ -113,4 +147,4 @@ class Composer(ABC):
         raise NotImplementedError(f"composer {self.name!r} cannot be exported as a merged checkpoint (it routes at run time)")
 
     def summary(self) -> dict[str, Any]:
-        return {"name": self.name, "experts": list(self.bank.names) if self.bank else [], "mask": self.mask_spec}
+        return {"name": self.name, "experts": list(self.bank.names) if self.bank else [], "mask": self.mask_spec, "fit_per": self.fit_per}

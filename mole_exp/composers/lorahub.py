@@ -13,10 +13,17 @@ Faithful to the authors' `lorahub==0.1.0` (`lorahub.algorithm.lorahub_learning`)
 - The final weights are nevergrad's recommendation (not necessarily the best candidate seen; both are
   logged), merged into the base for evaluation.
 
+LoRAHub's protocol (the defaults): each evaluated task is fitted on its own (`fit_per: dataset`: the k=5
+examples are a seeded sample of that dataset's training rows; `fit_per: suite` samples them from the
+suite's training mixture instead), and the search is repeated `search_seeds` (5) times with independent
+seeds, each with its own few-shot draw and nevergrad seed; each search is evaluated and metrics.json
+reports the mean over them with their std (the pipeline's fit units, mole_exp/fit_units.py). The seed of
+search k is base * search_seeds + k, base = `seed` or the run's seed (LoRAHub's own default is 42).
+
 Differences from LoRAHub's code, by design: candidates are merged into the base weights in place
 (W0 + dW, restored exactly from a copy of the adapted linears' weights) instead of being loaded into a
-PEFT model (equal up to float rounding); the k examples are a seeded sample of the training mixture
-(LoRAHub takes k examples of the target task); the seed defaults to the run's seed (LoRAHub: 42).
+PEFT model (equal up to float rounding: scripts/bench_lorahub.py checks the objective against the
+official package to 1e-6 relative).
 The loss per batch is the pipeline's `SearchData.loss` on that batch (token-mean CE of one padded batch,
 as `model(**batch).loss`); `batch_size` (null = all k in one batch, LoRAHub's default) should not exceed
 `data.eval_batch_size`, or `SearchData.loss` splits the batch again.
@@ -27,6 +34,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -71,10 +79,13 @@ class LoRAHubComposer(StaticComposer):
         factors_form: str = "lorahub",
         zero_threshold: float = 1e-3,
         progress: bool = True,
+        fit_per: str = "dataset",
+        search_seeds: int = 5,
         name: str | None = None,
     ):
-        super().__init__(name=name)
+        super().__init__(name=name, fit_per=fit_per)
         self.budget = _positive_int("composer.budget", budget)
+        self.search_seeds = _positive_int("composer.search_seeds", search_seeds)
         self.num_examples = _positive_int("composer.num_examples", num_examples)
         self.batch_size = _positive_int("composer.batch_size", batch_size, allow_none=True)
         if not float(lower) <= 0.0 <= float(upper) or float(lower) == float(upper):
@@ -107,19 +118,35 @@ class LoRAHubComposer(StaticComposer):
         return int(data.seed if self.seed is None else self.seed)
 
     def loss(self, examples: list[dict[str, Any]], data: SearchData) -> float:
-        """LoRAHub's `default_get_loss` (sum of batch-mean CE / k) or the mean CE."""
+        """LoRAHub's `default_get_loss` (sum of batch-mean CE / k) or the mean CE, of the model as it is."""
+        return self.prepared_loss(examples, data)()
+
+    def prepared_loss(self, examples: list[dict[str, Any]], data: SearchData) -> Callable[[], float]:
+        """`loss(examples, data)` as a callable, with the examples tokenised once (the search calls it per candidate)."""
         if self.loss_normalization == "mean":
-            return data.loss(examples)
+            return data.prepared_loss(examples)
         batch_size = self.batch_size or len(examples)
-        batch_means = [data.loss(examples[start : start + batch_size]) for start in range(0, len(examples), batch_size)]
-        return sum(batch_means) / len(examples)
+        batch_means = [data.prepared_loss(examples[start : start + batch_size]) for start in range(0, len(examples), batch_size)]
+        count = len(examples)
+        return lambda: sum(batch_mean() for batch_mean in batch_means) / count
+
+    def prepared_objective(
+        self, examples: list[dict[str, Any]], data: SearchData
+    ) -> Callable[[np.ndarray | list[float]], tuple[float, float]]:
+        """objective(w) -> (loss + regularization, loss), the candidate merged into the base (left merged)."""
+        loss_of_merged = self.prepared_loss(examples, data)
+
+        def objective(weights: np.ndarray | list[float]) -> tuple[float, float]:
+            weights = np.asarray(weights, dtype=np.float64)
+            self.merge_weights(weights.tolist(), self.merge, self.factors_form)
+            loss = loss_of_merged()
+            return loss + l1_regularization(weights, self.regularization), loss
+
+        return objective
 
     def objective(self, weights: np.ndarray | list[float], examples: list[dict[str, Any]], data: SearchData) -> tuple[float, float]:
         """(loss + regularization, loss) with the candidate merged into the base (left merged)."""
-        weights = np.asarray(weights, dtype=np.float64)
-        self.merge_weights(weights.tolist(), self.merge, self.factors_form)
-        loss = self.loss(examples, data)
-        return loss + l1_regularization(weights, self.regularization), loss
+        return self.prepared_objective(examples, data)(weights)
 
     # ------------------------------------------------------------------ the search
 
@@ -138,8 +165,10 @@ class LoRAHubComposer(StaticComposer):
         bar = tqdm(total=self.budget, desc="lorahub", disable=not self.progress)
         started = time.perf_counter()
 
+        objective = self.prepared_objective(examples, data)
+
         def score(weights: np.ndarray) -> float:
-            value, loss = self.objective(weights, examples, data)
+            value, loss = objective(weights)
             steps.append({"step": len(steps), "weights": [float(w) for w in weights], "loss": loss, "objective": value})
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", objective=f"{value:.4f}")
@@ -182,4 +211,6 @@ class LoRAHubComposer(StaticComposer):
             "loss_normalization": self.loss_normalization,
             "merge": self.merge,
             "factors_form": self.factors_form if self.merge == "factors" else None,
+            "search_seeds": self.search_seeds,
+            "seed": self.search_log.get("seed"),
         }

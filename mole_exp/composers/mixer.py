@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from mole_exp.composers.base import Composer, register_composer
-from mole_exp.composers.mole import attach_router
+from mole_exp.composers.mole import attach_router, detach_router
 from mole_exp.composers.token_router import TopKRouter, balance_loss, specialization_loss
 from mole_exp.experts import ExpertBank
 from mole_exp.family import GRANULARITIES
@@ -80,9 +80,10 @@ class MixerComposer(Composer):
         init_std: float = 0.02,
         temperature: dict[str, Any] | None = None,
         mask: list[str | int] | None = None,
+        fit_per: str = "suite",
         name: str | None = None,
     ):
-        super().__init__(name=name, mask=mask)
+        super().__init__(name=name, mask=mask, fit_per=fit_per)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"composer.top_k={top_k!r} must be a positive integer (experts per token)")
         if granularity not in GRANULARITIES:
@@ -110,6 +111,10 @@ class MixerComposer(Composer):
 
     def trainable_module(self) -> nn.Module:
         return self.router
+
+    def release(self) -> None:
+        if self.router is not None:
+            detach_router(self.base, ROUTER_ATTRIBUTE)
 
     def auxiliary_losses(self) -> dict[str, tuple[float, torch.Tensor]]:
         if not self.router.records:

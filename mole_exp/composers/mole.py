@@ -97,6 +97,18 @@ def attach_router(
     return router
 
 
+def detach_router(base: BaseModel, attribute: str) -> None:
+    """Undo `attach_router`: every MoLELinear back to its base linear, the router's hooks and attribute removed."""
+    model = base.model
+    router = getattr(model, attribute)
+    router.detach()
+    for name, layer in list(model.named_modules()):
+        if isinstance(layer, MoLELinear):
+            parent_name, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), leaf, layer.base_layer)
+    delattr(model, attribute)
+
+
 @register_composer("mole")
 class MoLEComposer(Composer):
     trains = True
@@ -107,9 +119,10 @@ class MoLEComposer(Composer):
         mask: list[str | int] | None = None,
         implementation: str = "rank_space",
         expert_dtype: str | None = None,
+        fit_per: str = "suite",
         name: str | None = None,
     ):
-        super().__init__(name=name, mask=mask)
+        super().__init__(name=name, mask=mask, fit_per=fit_per)
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"composer.implementation={implementation!r} is not one of {list(IMPLEMENTATIONS)}")
         if expert_dtype is not None and expert_dtype not in DTYPES:
@@ -132,6 +145,10 @@ class MoLEComposer(Composer):
 
     def trainable_module(self) -> nn.Module:
         return self.router
+
+    def release(self) -> None:
+        if self.router is not None:
+            detach_router(self.base, "mole_gate")
 
     def auxiliary_losses(self) -> dict[str, tuple[float, torch.Tensor]]:
         records = self.router.records

@@ -48,9 +48,10 @@ class NLAComposer(StaticComposer):
         merge: str = "exact",
         factors_form: str = "lorahub",
         mask: list[str | int] | None = None,
+        fit_per: str | None = None,
         name: str | None = None,
     ):
-        super().__init__(name=name, mask=mask)
+        super().__init__(name=name, mask=mask, fit_per=fit_per)
         if not isinstance(normalize, bool):
             raise ValueError(f"composer.normalize={normalize!r} must be true (Eq. 2) or false (Eq. 1)")
         self.given_weights = check_weights("composer.weights", weights)

@@ -86,9 +86,10 @@ class PEMsComposer(StaticComposer):
         merge: str = "factors",
         factors_form: str = "lorahub",
         seed: int | None = None,
+        fit_per: str = "suite",
         name: str | None = None,
     ):
-        super().__init__(name=name)
+        super().__init__(name=name, fit_per=fit_per)
         self.given_weights = check_weights("composer.weights", weights)
         self.negate_spec = list(negate or [])
         self.strategy = check_choice("composer.strategy", strategy, STRATEGIES)
@@ -158,11 +159,12 @@ class PEMsComposer(StaticComposer):
             raise ValueError("composer.criterion=score but the search data has no task score; use criterion=loss")
         examples = self.validation_slice(data)
         candidates: list[dict[str, Any]] = []
+        loss_of_merged = data.prepared_loss(examples) if self.criterion == "loss" else None  # tokenised once
 
         def value_of(weights: list[float]) -> float:
             """Higher is better: the task score, or minus the loss."""
             self._merge(weights)
-            measured = data.score(examples) if self.criterion == "score" else data.loss(examples)
+            measured = data.score(examples) if self.criterion == "score" else loss_of_merged()
             candidates.append({"weights": weights, self.criterion: measured})
             return measured if self.criterion == "score" else -measured
 

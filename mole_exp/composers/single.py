@@ -25,8 +25,8 @@ def one_hot(index: int, num_experts: int) -> list[float]:
 
 @register_composer("single")
 class SingleComposer(StaticComposer):
-    def __init__(self, expert: str | int | None = None, name: str | None = None):
-        super().__init__(name=name)
+    def __init__(self, expert: str | int | None = None, fit_per: str | None = None, name: str | None = None):
+        super().__init__(name=name, fit_per=fit_per)
         if expert is None or isinstance(expert, bool) or not isinstance(expert, (str, int)) or expert == "":
             raise ValueError(f"composer.expert={expert!r} must be an expert name, an index, or {MATCHED!r}")
         self.expert = expert
