@@ -16,7 +16,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from importlib import resources
@@ -27,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from mole_exp.hub import from_hub, is_local
+from mole_exp.io import staging_dir
 from mole_exp.models import BaseModel, weights_fingerprint
 
 log = logging.getLogger(__name__)
@@ -407,7 +407,7 @@ def ensure_tiny_library(
     if (folder / MANIFEST).exists():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
+    staging = staging_dir(folder.parent, f".{key}-")
     adapters = []
     rng_state = torch.random.get_rng_state()
     try:

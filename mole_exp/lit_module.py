@@ -14,6 +14,7 @@ import lightning as L
 import torch
 
 from mole_exp.composers.base import Composer
+from mole_exp.io import write_atomic
 
 
 class ComposerLitModule(L.LightningModule):
@@ -79,21 +80,33 @@ class ComposerLitModule(L.LightningModule):
 
 
 class GateStatisticsWriter(L.Callback):
-    """Appends the composer's per-step statistics (loss, gate entropy, per-gate weights) to a JSONL file."""
+    """Appends the composer's per-step statistics (loss, gate entropy, per-gate weights) to a JSONL file.
+
+    Steps in the file strictly increase: a resumed run first drops (atomically) the lines at or past the
+    step it resumes from, and a step at or before the last one written is never appended again."""
 
     def __init__(self, path: str | Path, every_n_steps: int = 1):
         self.path = Path(path)
         self.every_n_steps = max(1, int(every_n_steps))
-        self._started = False
+        self._last_step: int | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         stats = getattr(pl_module, "last_statistics", None)
         if not stats or stats["step"] % self.every_n_steps != 0 or trainer.global_rank != 0:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self._started and self.path.exists():  # a resumed run: drop lines past the checkpoint
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] < stats["step"]]
-            self.path.write_text("".join(line + "\n" for line in kept))
-        self._started = True
+        if self._last_step is None:
+            self._last_step = self._keep_lines_before(stats["step"])
+        if self._last_step is not None and stats["step"] <= self._last_step:
+            return
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(stats) + "\n")
+        self._last_step = stats["step"]
+
+    def _keep_lines_before(self, step: int) -> int | None:
+        """A resumed run: keep only the lines before `step`; returns the last step kept (-1: none)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            return -1
+        kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] < step]
+        write_atomic(self.path, "".join(line + "\n" for line in kept))
+        return max((json.loads(line)["step"] for line in kept), default=-1)

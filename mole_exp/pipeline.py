@@ -26,9 +26,11 @@ from mole_exp.data import collator, tokenize, train_loader
 from mole_exp.evaluation.evaluator import GenerationSettings, evaluate_task, score_examples
 from mole_exp.experts import load_experts
 from mole_exp.experts import precheck as precheck_experts
-from mole_exp.io import METRICS_FILE, PREDICTIONS_FILE, guard_run_dir, write_atomic, write_json, write_jsonl
+from mole_exp.io import METRICS_FILE, PREDICTIONS_FILE, write_atomic, write_json, write_jsonl
 from mole_exp.lit_module import ComposerLitModule, GateStatisticsWriter
+from mole_exp.logs import silence_third_party_notices
 from mole_exp.models import BaseModel
+from mole_exp.run_folder import accept_run_folder, end_state
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +233,7 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    silence_third_party_notices()
     validate(cfg)
     if cfg.get("dry_run"):
         plan = describe(cfg)
@@ -243,16 +246,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         run_dir = resume_from
         with open_dict(cfg):
             cfg.paths.output_dir = str(run_dir)  # logs and checkpoints continue there
-    run_dir = guard_run_dir(run_dir)
-    if resume_from is None:
-        write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        write_json(run_dir / RUN_STATE_FILE, {"config_hash": config_hash(cfg), "status": "running"})
+    run_dir, lock = accept_run_folder(run_dir, cfg, record=resume_from is None)  # finished: refused; in use: refused
     try:
-        return _run(cfg, run_dir, resume_from)
-    except BaseException as error:
-        if not (run_dir / METRICS_FILE).exists():
-            write_json(run_dir / RUN_STATE_FILE, {"config_hash": config_hash(cfg), "status": "failed", "error": f"{type(error).__name__}: {error}"})
-        raise
+        if resume_from is None:
+            write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            write_json(run_dir / RUN_STATE_FILE, {"config_hash": config_hash(cfg), "status": "running"})
+        try:
+            return _run(cfg, run_dir, resume_from)
+        except BaseException as error:
+            if not (run_dir / METRICS_FILE).exists():
+                status, text = end_state(error)
+                write_json(run_dir / RUN_STATE_FILE, {"config_hash": config_hash(cfg), "status": status, "error": text})
+            raise
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _run(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str, Any]:

@@ -188,8 +188,8 @@ def read_run(run_dir: Path) -> Run:
             state = read_json(state_path) if state_path.exists() else {}
         except (json.JSONDecodeError, OSError):
             state = {}
-        if state.get("status") == "failed":
-            return Run(run_dir, config, None, f"failed: {state.get('error', 'unknown error')}")
+        if state.get("status") in ("failed", "interrupted"):  # mole_exp.run_folder.end_state
+            return Run(run_dir, config, None, f"{state['status']}: {state.get('error', 'unknown error')}")
         return Run(run_dir, config, None, "no metrics.json (the run did not finish)")
     try:
         metrics = read_json(metrics_path)
