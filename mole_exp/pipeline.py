@@ -110,6 +110,13 @@ def load_composer_state(composer: Composer, path: Path) -> None:
     if module is None:
         raise ValueError(f"composer {composer.name!r} has no trained state to load from {path}")
     state = load_file(str(path))
+    expected = module.state_dict()
+    wrong = [f"{k}: checkpoint {tuple(v.shape)}, this config {tuple(expected[k].shape)}" for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    if wrong:
+        raise ValueError(
+            f"checkpoint {path} holds gates of other shapes than composer {composer.name!r} builds with this config "
+            f"({len(wrong)} tensors, e.g. {wrong[0]}): evaluate with the run's own experts, granularity and input form"
+        )
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(
@@ -282,8 +289,11 @@ def _run(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str, 
 
     report: dict[str, Any] = {}
     if cfg.mode == "eval":
-        load_composer_state(composer, resolve_checkpoint(cfg.checkpoint))
-        report["checkpoint"] = str(resolve_checkpoint(cfg.checkpoint))
+        if composer.trainable_module() is not None or composer.needs_search:  # nothing fitted to load otherwise
+            load_composer_state(composer, resolve_checkpoint(cfg.checkpoint))
+            report["checkpoint"] = str(resolve_checkpoint(cfg.checkpoint))
+        if cfg.get("evaluates"):  # eval.py: the run evaluated and the overrides applied (mole_exp/eval_run.py)
+            report["evaluates"] = OmegaConf.to_container(cfg.evaluates)
     else:
         search_log = composer.search(make_search_data(base, task, cfg)) if composer.needs_search else {}
         if search_log:

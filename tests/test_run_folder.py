@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from mole_exp.io import write_atomic, write_json
-from mole_exp.run_folder import HOLDER_FILE, RunLock, RunLockedError, end_state
+from mole_exp.run_folder import HOLDER_FILE, RunLock, end_state
 from tests.conftest import DATA_DIR, ROOT, needs_data
 
 TINY = ["task=nli", "task.only=[wnli]", "composer=mole", "model=tiny", "experts=tiny", "trainer=cpu", "trainer.max_steps=2",
