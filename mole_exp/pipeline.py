@@ -26,6 +26,7 @@ from mole_exp.data import collator, tokenize, train_loader
 from mole_exp.evaluation.evaluator import GenerationSettings, evaluate_task, score_examples
 from mole_exp.experts import load_experts
 from mole_exp.experts import precheck as precheck_experts
+from mole_exp.hub_preflight import check_hub_artifacts
 from mole_exp.io import METRICS_FILE, PREDICTIONS_FILE, write_atomic, write_json, write_jsonl
 from mole_exp.lit_module import ComposerLitModule, GateStatisticsWriter
 from mole_exp.logs import silence_third_party_notices
@@ -246,6 +247,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         plan = describe(cfg)
         print("[dry run] " + "  ".join(f"{k}={v}" for k, v in plan.items() if k != "overrides") + f"  <- {' '.join(plan['overrides'])}")
         return {"status": "dry_run", **plan}
+    suites = [build(cfg.task, _convert_="all")] + ([build(cfg.eval_task, _convert_="all")] if cfg.get("eval_task") else [])
+    check_hub_artifacts(cfg, suites)  # offline: one error naming every missing model, adapter and dataset
     run_dir = Path(cfg.paths.output_dir)
     resume_from = find_resumable_run(cfg, run_dir) if cfg.mode == "train" else None
     if resume_from is not None and resume_from != run_dir:
