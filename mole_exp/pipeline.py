@@ -32,6 +32,7 @@ from mole_exp.lit_module import ComposerLitModule, GateStatisticsWriter
 from mole_exp.logs import silence_third_party_notices
 from mole_exp.models import BaseModel
 from mole_exp.run_folder import accept_run_folder, end_state
+from mole_exp.tasks.truncation import fit_to_length
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +286,7 @@ def _run(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str, 
         eval_task.load(need_train=False, eval_limit=cfg.data.eval_limit)
 
     base: BaseModel = build(cfg.model)
+    truncation = fit_to_length([task, eval_task], base.tokenizer, cfg.data.max_source_length, cfg.data.max_target_length)
     bank = load_experts(cfg.experts, base)
     trainable = composer.compose(base, bank)
     device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -323,6 +325,7 @@ def _run(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str, 
         "eval_task": eval_task.name,
         "skipped": eval_task.skipped,
         "split_notes": {**task.notes, **eval_task.notes},
+        "truncation": truncation,
         "model": base.model_id,
         "composer": composer.summary(),
         "experts": {"names": bank.names, "count": len(bank), "sources": bank.sources},

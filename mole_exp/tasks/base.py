@@ -156,7 +156,8 @@ class Task:
                 )
         answers = row.get("answers") or [target]
         return {"dataset": spec.name, "source": source, "target": target, "references": list(answers),
-                **({"options": list(row["options"])} if row.get("options") else {})}
+                **({"options": list(row["options"])} if row.get("options") else {}),
+                "row": row}  # the slots, for cutting an over-long input where the prompt says least (truncation.py)
 
     def train_mixture(self, strategy: str = "proportional", cap: int | None = None) -> list[dict[str, Any]]:
         """The FLAN-style training mixture: every dataset's examples (capped per dataset), shuffled."""
