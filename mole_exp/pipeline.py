@@ -26,6 +26,8 @@ from mole_exp.data import collator, tokenize, train_loader
 from mole_exp.evaluation.evaluator import GenerationSettings, evaluate_task, score_examples
 from mole_exp.experts import load_experts
 from mole_exp.experts import precheck as precheck_experts
+from mole_exp.gate_guard import GateHealthCheck
+from mole_exp.gate_guard import check_settings as check_gate_guard
 from mole_exp.hub_preflight import check_hub_artifacts
 from mole_exp.io import METRICS_FILE, PREDICTIONS_FILE, write_atomic, write_json, write_jsonl
 from mole_exp.lit_module import ComposerLitModule, GateStatisticsWriter
@@ -76,6 +78,7 @@ def validate(cfg: DictConfig) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"data.{key}={value!r} must be a positive integer or null")
     precheck_experts(cfg.experts)
+    check_gate_guard(cfg.get("gate_guard"))
     max_steps = cfg.trainer.get("max_steps", -1)
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps == 0 or max_steps < -1:
         raise ValueError(f"trainer.max_steps={max_steps!r} must be a positive integer (or -1 with max_epochs)")
@@ -200,6 +203,8 @@ def fit(
     module = ComposerLitModule(base.model, composer, build(cfg.optimizer))
     logger = build(cfg.logger) if cfg.get("logger") else False
     callbacks = [GateStatisticsWriter(run_dir / "gate_stats.jsonl", cfg.get("gate_stats_every_n_steps", 1))]
+    if cfg.get("gate_guard") is not None:  # after the writer: a collapse stops with its step's statistics written
+        callbacks.append(GateHealthCheck(**cfg.gate_guard))
     if cfg.get("checkpoint_every_n_steps"):
         # gates-only checkpoints (see ComposerLitModule.on_save_checkpoint), for resume after a crash
         callbacks.append(
@@ -326,9 +331,11 @@ def _run(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str, 
         "skipped": eval_task.skipped,
         "split_notes": {**task.notes, **eval_task.notes},
         "truncation": truncation,
+        "protocol": {"gate_guard": OmegaConf.to_container(cfg.gate_guard) if cfg.get("gate_guard") is not None else None},
         "model": base.model_id,
         "composer": composer.summary(),
-        "experts": {"names": bank.names, "count": len(bank), "sources": bank.sources},
+        "experts": {"names": bank.names, "count": len(bank), "sources": bank.sources,
+                    **({"rank_padding": bank.rank_padding} if bank.rank_padding else {})},
         "seed": int(cfg.seed),
         "config_hash": config_hash(cfg),
         "overrides": list(cfg.get("overrides") or []),

@@ -106,6 +106,8 @@ class Task:
         for spec in self.specs.values():
             if spec.loader not in LOADERS:
                 raise ValueError(f"task {name}: dataset {spec.name} names loader {spec.loader!r}; known loaders: {sorted(LOADERS)}")
+        if only is not None and len(only) == 0:
+            raise ValueError(f"task.only=[] selects no dataset of suite {name!r}; name some of {list(self.specs)}, or null for all")
         if only:
             unknown = [d for d in only if d not in self.specs]
             if unknown:
