@@ -110,8 +110,27 @@ class DropMessages(logging.Filter):
         return not str(record.msg).startswith(self.prefixes)
 
 
+OWN_HANDLER_LOGGERS = ("lightning.pytorch", "lightning.fabric")  # add a bare StreamHandler when imported before logging is set up
+
+
+def route_to_root(names: tuple[str, ...] = OWN_HANDLER_LOGGERS) -> None:
+    """Where the root logger is configured (Hydra's job logging), loggers that print through their own bare
+    stream handler go through the root's handlers instead: above progress bars, and into the run's log file."""
+    if not logging.getLogger().handlers:
+        return
+    for name in names:
+        logger = logging.getLogger(name)
+        bare = [h for h in logger.handlers if type(h) is logging.StreamHandler]
+        for handler in bare:
+            logger.removeHandler(handler)
+        if bare:
+            logger.propagate = True
+
+
 def silence_third_party_notices() -> None:
-    """Drop the notices above at the loggers and warnings that emit them (idempotent)."""
+    """Drop the notices above at the loggers and warnings that emit them, and route libraries' own console
+    handlers through the root's (idempotent)."""
+    route_to_root()
     for logger_name, prefix in NOTICES:
         logger = logging.getLogger(logger_name)
         if not any(isinstance(f, DropMessages) and prefix in f.prefixes for f in logger.filters):

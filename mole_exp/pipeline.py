@@ -33,6 +33,7 @@ from mole_exp.io import METRICS_FILE, PREDICTIONS_FILE, write_atomic, write_json
 from mole_exp.lit_module import ComposerLitModule, GateStatisticsWriter
 from mole_exp.logs import silence_third_party_notices
 from mole_exp.models import BaseModel
+from mole_exp.progress import StepProgressBar
 from mole_exp.run_folder import accept_run_folder, end_state
 from mole_exp.tasks.truncation import fit_to_length
 
@@ -214,6 +215,8 @@ def fit(
             )
         )
     callbacks += [build(callback) for callback in cfg.get("callbacks") or []]
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(StepProgressBar())  # steps done / max_steps, continued on resume
     enable_checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)
     trainer: L.Trainer = build(cfg.trainer, logger=logger, callbacks=callbacks, enable_checkpointing=enable_checkpointing)
     base.model.train()  # dropout as in ordinary fine-tuning; only the gates receive gradients
