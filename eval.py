@@ -20,10 +20,11 @@ from mole_exp.eval_run import check_overrides, evaluation_config
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
+    overrides = OmegaConf.to_container(HydraConfig.get().overrides.task)
+    evaluation = evaluation_config(cfg, [str(o) for o in overrides])  # refuses a non-run before torch is imported
     from mole_exp.pipeline import run
 
-    overrides = OmegaConf.to_container(HydraConfig.get().overrides.task)
-    run(evaluation_config(cfg, [str(o) for o in overrides]))
+    run(evaluation)
 
 
 if __name__ == "__main__":

@@ -50,8 +50,14 @@ class Artifact:
 # ---- what a run needs ------------------------------------------------------------------------------------
 
 
+PATH_PREFIXES = ("/", "./", "../", "~")
+
+
 def model_artifacts(model_cfg: Any) -> list[Artifact]:
     name = model_cfg.get("name_or_path")
+    for value, key in ((name, "name_or_path"), (model_cfg.get("tokenizer"), "tokenizer")):
+        if value and str(value).startswith(PATH_PREFIXES) and not is_local(str(value)):
+            raise FileNotFoundError(f"model.{key}={str(value)!r} is a path that does not exist (a Hub id looks like 'org/name')")
     found = []
     if name and not is_local(str(name)):
         found.append(Artifact("model", str(name)))

@@ -334,7 +334,10 @@ def _run(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str, 
         "skipped": eval_task.skipped,
         "split_notes": {**task.notes, **eval_task.notes},
         "truncation": truncation,
-        "protocol": {"gate_guard": OmegaConf.to_container(cfg.gate_guard) if cfg.get("gate_guard") is not None else None},
+        "protocol": {
+            "gate_guard": OmegaConf.to_container(cfg.gate_guard) if cfg.get("gate_guard") is not None else None,
+            "input_truncation": "longest free-text slot of the row; inputs without a template keep their end",  # tasks/truncation.py
+        },
         "model": base.model_id,
         "composer": composer.summary(),
         "experts": {"names": bank.names, "count": len(bank), "sources": bank.sources,

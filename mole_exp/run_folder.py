@@ -217,6 +217,9 @@ class RunFolderCallback(_HydraCallback):
         self.created: dict[str, Path | None] = {}
 
     def on_run_start(self, config: Any, **_: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(config)  # as run_job does next: the run dir may read ${hydra:...}
         self.created["run"] = first_missing_ancestor(Path(str(config.hydra.run.dir)))
 
     def on_multirun_start(self, config: Any, **_: Any) -> None:

@@ -88,6 +88,12 @@ def test_an_unfinished_run_or_a_non_run_is_refused(tmp_path):
         read_run_config(tmp_path)
 
 
+def test_eval_py_on_a_folder_without_a_run_leaves_nothing_behind(tmp_path):
+    result = eval_py([f"checkpoint={tmp_path / 'nowhere'}", "composer.mask=[1]"], timeout=120)
+    assert result.returncode != 0 and "is not a run folder: it has no config.yaml" in result.stderr
+    assert not (tmp_path / "nowhere").exists()  # Hydra's <checkpoint>/evals/<name>/ removed again, parents too
+
+
 def test_train_py_mode_eval_with_another_expert_count_is_a_clear_error(trained_run, smoke_overrides, tmp_path):
     folder, _ = trained_run
     overrides = smoke_overrides + ["task=nli", "task.only=[wnli]", "mode=eval", f"checkpoint={folder}", "experts.count=2"]
