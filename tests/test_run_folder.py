@@ -144,13 +144,22 @@ def test_two_concurrent_resumes_one_proceeds_one_is_refused(tmp_path):
         [sys.executable, "train.py", *common, "resume=true", "callbacks=[{_target_:tests.helpers.SlowSteps,seconds:1}]",
          f"hydra.run.dir={outputs / 'first'}"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     holder_file = outputs / "crashed" / HOLDER_FILE
+    stale = json.loads(holder_file.read_text())["pid"]  # the killed run left its holder record
+
+    def held_by_first() -> bool:
+        try:
+            return json.loads(holder_file.read_text())["pid"] == first.pid
+        except (OSError, ValueError):
+            return False
+
     deadline = time.time() + 240
-    while not holder_file.exists() and first.poll() is None and time.time() < deadline:
+    while not held_by_first() and first.poll() is None and time.time() < deadline:
         time.sleep(0.5)
-    assert holder_file.exists(), first.communicate()[1][-2000:]
+    assert held_by_first(), first.communicate()[1][-2000:]  # it took over the killed run's lock
     second = train_py([*common, "resume=true", f"hydra.run.dir={outputs / 'second'}"], tmp_path)
-    _, first_err = first.communicate(timeout=300)
+    first_out, first_err = first.communicate(timeout=300)
     assert first.returncode == 0, first_err[-2000:]
+    assert f"the process that held it is gone (pid {stale} on host" in first_out + first_err
     assert second.returncode != 0 and f"is in use by pid {first.pid}" in second.stderr
     steps = [json.loads(line)["step"] for line in (outputs / "crashed" / "gate_stats.jsonl").read_text().splitlines()]
     assert steps == list(range(12))
