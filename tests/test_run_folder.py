@@ -182,6 +182,7 @@ def test_an_interrupt_is_recorded_as_interrupted_not_failed():
     assert end_state(ValueError("x")) == ("failed", "ValueError: x")
 
 
+@pytest.mark.slow
 @needs_data
 def test_ctrl_c_in_a_sweep_records_the_member_as_interrupted(tmp_path):
     sweep = tmp_path / "sweep"
