@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SMOKE_ARGS := task=nli composer=mole model=tiny experts=tiny trainer=cpu trainer.max_steps=20 data.eval_limit=16
 
-.PHONY: install test test-all smoke lint reproduce-mini bench bench-cpu-large bench-lorahub
+.PHONY: install test test-all smoke run eval lint reproduce-mini bench bench-cpu-large bench-lorahub
 
 install:  ## create .venv and install the package with its dev extras (torch 2.13 from the local wheel)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ test-all:  ## everything, slow tests included
 
 smoke:  ## MoLE gates on the tiny T5 over the real NLI data, 20 steps, offline
 	HF_HUB_OFFLINE=1 $(BIN)/python train.py $(SMOKE_ARGS)
+
+run:  ## train.py with the .venv: make run ARGS="task=nli composer=mole model=tiny experts=tiny"
+	$(BIN)/python train.py $(ARGS)
+
+eval:  ## eval.py with the .venv: make eval ARGS="checkpoint=<run folder> 'composer.mask=[0]'"
+	$(BIN)/python eval.py $(ARGS)
 
 lint:
 	$(BIN)/ruff check mole_exp scripts tests train.py eval.py

@@ -1,21 +1,35 @@
-"""Evaluate a trained composition without training: loads only the trained gates.
+"""Evaluate a finished run again, with its own config: its gates, experts, base and evaluation set.
 
-    python eval.py checkpoint=outputs/runs/<date>/<run> task=nli model=tiny experts=tiny
-(the same model/experts/gate options as the training run; the checkpoint holds only the gates)
+    python eval.py checkpoint=outputs/runs/<date>/<run> composer.mask=[tiny_expert_03]
+    python eval.py checkpoint=<run> data.eval_limit=100 generation.num_beams=4 name=beam4
+    python eval.py checkpoint=<run> task@eval_task=bbh_table8
+
+Only the keys of conf/eval.yaml can be overridden; another base, expert set or gate is refused (the
+checkpoint holds gates trained for the run's). Results go to <run>/evals/<name>/ (mole_exp/eval_run.py).
 """
 
+import sys
+
 import hydra
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
-import mole_exp.resolvers  # noqa: F401  (registers ${folder_name:...})
-from mole_exp.pipeline import run
+import mole_exp.resolvers  # noqa: F401  (registers ${folder_name:...}, ${run_folder:...}, ${eval_name:...})
+from mole_exp.eval_run import check_overrides, evaluation_config
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    cfg.mode = "eval"
-    run(cfg)
+    overrides = OmegaConf.to_container(HydraConfig.get().overrides.task)
+    evaluation = evaluation_config(cfg, [str(o) for o in overrides])  # refuses a non-run before torch is imported
+    from mole_exp.pipeline import run
+
+    run(evaluation)
 
 
 if __name__ == "__main__":
+    try:
+        check_overrides(sys.argv[1:])  # before Hydra composes, loads or writes anything
+    except ValueError as error:
+        sys.exit(f"eval.py: {error}")
     main()

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,7 @@ from typing import Any
 from mole_exp.evaluation.evaluator import GenerationSettings, score_examples
 from mole_exp.evaluation.metrics import get_metric
 from mole_exp.experts import MANIFEST
+from mole_exp.io import staging_dir
 from mole_exp.models import BaseModel, weights_fingerprint
 from mole_exp.seq2seq_training import TrainSettings, fit_seq2seq
 from mole_exp.tasks.base import Task
@@ -154,7 +154,7 @@ def train_library(
         return folder
 
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    staging = staging_dir(folder.parent, f".{folder.name}-")
     try:
         adapters = []
         for dataset in datasets:

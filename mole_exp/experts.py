@@ -16,7 +16,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from importlib import resources
@@ -27,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from mole_exp.hub import from_hub, is_local
+from mole_exp.io import staging_dir
 from mole_exp.models import BaseModel, weights_fingerprint
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class ExpertBank:
     sources: list[str]
     adapter_configs: list[dict[str, Any]] = field(default_factory=list)
     manifest_entries: list[dict[str, Any]] = field(default_factory=list)
+    rank_padding: dict[str, dict[str, int]] = field(default_factory=dict)  # expert -> {rank, padded_to} (zero-padded)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -91,6 +92,7 @@ class ExpertBank:
             sources=[self.sources[i] for i in indices],
             adapter_configs=[self.adapter_configs[i] for i in indices] if self.adapter_configs else [],
             manifest_entries=[self.manifest_entries[i] for i in indices] if self.manifest_entries else [],
+            rank_padding={self.names[i]: self.rank_padding[self.names[i]] for i in indices if self.names[i] in self.rank_padding},
         )
 
     def restrict_depth(self, layer_range: tuple[float, float], base: BaseModel) -> ExpertBank:
@@ -108,7 +110,7 @@ class ExpertBank:
                 kept[name] = experts
         if not kept:
             raise ValueError(f"experts.layer_range={list(layer_range)} keeps no adapted module of this model")
-        return ExpertBank(self.names, kept, self.sources, self.adapter_configs, self.manifest_entries)
+        return ExpertBank(self.names, kept, self.sources, self.adapter_configs, self.manifest_entries, self.rank_padding)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ExpertBank:
         moved = {
@@ -119,7 +121,7 @@ class ExpertBank:
             )
             for name, t in self.targets.items()
         }
-        return ExpertBank(self.names, moved, self.sources, self.adapter_configs, self.manifest_entries)
+        return ExpertBank(self.names, moved, self.sources, self.adapter_configs, self.manifest_entries, self.rank_padding)
 
 
 # ---------------------------------------------------------------- reading one PEFT adapter
@@ -212,6 +214,34 @@ def validate_against_base(source: str, modules: dict[str, tuple], config: dict, 
             )
 
 
+def check_target_modules(source: str, config: dict[str, Any], modules: dict[str, tuple]) -> None:
+    """adapter_config.json's target_modules must describe the weights: each entry adapts some module of the
+    weights, and each module of the weights is named by an entry (PEFT's matching: exact name or suffix; a
+    string is a regular expression on the full name)."""
+    targets = config.get("target_modules")
+    if targets is None or targets == "all-linear":
+        return
+    names = sorted(modules)
+
+    def matches(entry: str, name: str) -> bool:
+        return bool(re.fullmatch(entry, name)) if isinstance(targets, str) else name == entry or name.endswith("." + entry)
+
+    entries = [targets] if isinstance(targets, str) else list(targets)
+    adapted = sorted({n.rsplit(".", 1)[-1] for n in names})
+    unmatched = [e for e in entries if not any(matches(e, n) for n in names)]
+    if unmatched:
+        raise ValueError(
+            f"adapter {source}: adapter_config.json target_modules names {unmatched}, which match no module of its weights "
+            f"(the weights adapt {adapted}); the config does not describe these weights"
+        )
+    uncovered = [n for n in names if not any(matches(e, n) for e in entries)]
+    if uncovered:
+        raise ValueError(
+            f"adapter {source}: its weights adapt {uncovered[:3]}{' ...' if len(uncovered) > 3 else ''}, which "
+            f"adapter_config.json target_modules={entries} does not name; the config does not describe these weights"
+        )
+
+
 def stack_experts(
     names: list[str], sources: list[str], adapters: list[tuple[dict, dict]], base: BaseModel
 ) -> ExpertBank:
@@ -237,7 +267,25 @@ def stack_experts(
     missing = [(names[i], len(all_modules) - len(modules)) for i, (_, modules) in enumerate(adapters) if len(modules) < len(all_modules)]
     if missing:
         log.warning("experts adapt different module sets; zeros stand in where an expert has none: %s", missing)
-    return ExpertBank(names=names, targets=targets, sources=sources, adapter_configs=[c for c, _ in adapters])
+    padding = rank_padding(names, adapters)
+    if padding:
+        log.warning("experts of different ranks: zero-padded to rank %d (exact: the padding contributes nothing): %s",
+                    max(p["padded_to"] for p in padding.values()), {n: p["rank"] for n, p in padding.items()})
+    return ExpertBank(names=names, targets=targets, sources=sources, adapter_configs=[c for c, _ in adapters], rank_padding=padding)
+
+
+def rank_padding(names: list[str], adapters: list[tuple[dict, dict]]) -> dict[str, dict[str, int]]:
+    """Experts whose rank is below the largest rank of a module they adapt: {name: {rank, padded_to}}."""
+    largest: dict[str, int] = {}
+    for _, modules in adapters:
+        for module, (lora_A, _, _) in modules.items():
+            largest[module] = max(largest.get(module, 0), lora_A.shape[0])
+    padded = {}
+    for name, (_, modules) in zip(names, adapters, strict=True):
+        short = [(m[0].shape[0], largest[module]) for module, m in modules.items() if m[0].shape[0] < largest[module]]
+        if short:
+            padded[name] = {"rank": min(r for r, _ in short), "padded_to": max(p for _, p in short)}
+    return padded
 
 
 # ---------------------------------------------------------------- libraries and selection
@@ -363,6 +411,7 @@ def load_experts(cfg: Any, base: BaseModel) -> ExpertBank:
     for name, source in entries:
         config, modules = read_adapter(source)
         validate_against_base(source, modules, config, base)
+        check_target_modules(source, config, modules)
         declared = config.get("base_model_name_or_path")
         if declared and declared != base.model_id and not manifest:
             log.info("adapter %s declares base %r; composing on %r", name, declared, base.model_id)
@@ -407,7 +456,7 @@ def ensure_tiny_library(
     if (folder / MANIFEST).exists():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
+    staging = staging_dir(folder.parent, f".{key}-")
     adapters = []
     rng_state = torch.random.get_rng_state()
     try:

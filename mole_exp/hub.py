@@ -28,11 +28,14 @@ def offline_help(what: str, repo_id: str) -> str:
         os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"
     )
     mode = "HF_HUB_OFFLINE=1 is set" if os.environ.get("HF_HUB_OFFLINE") == "1" else "the Hub is unreachable"
+    repo_type = " --repo-type dataset" if what == "dataset" else ""
+    local = ("use the local copy of the task data (MOLE_EXP_DATA=<folder> or paths.data_dir=<folder>; default ../shared/data)"
+             if what == "dataset" else "pass a local folder path instead of the Hub id")
     return (
         f"could not load {what} {repo_id!r}: {mode} and it is not in the local cache {cache}. "
         f"Either download it on a machine with network access "
-        f"(`hf download {repo_id}`; then keep HF_HUB_OFFLINE=1 here) and copy the cache (HF_HOME / HF_HUB_CACHE) here, "
-        f"or pass a local folder path instead of the Hub id."
+        f"(`hf download {repo_id}{repo_type}`; then keep HF_HUB_OFFLINE=1 here) and copy the cache (HF_HOME / HF_HUB_CACHE) here, "
+        f"or {local}."
     )
 
 

@@ -4,7 +4,7 @@ With such a cache and HF_HUB_OFFLINE=1, the default configs (`google/flan-t5-lar
 `lorahub/flan_t5_large-*`) resolve exactly as they would after a download. Used by the tests of the Hub
 path, and handy on an air-gapped cluster: copy folders you have, seed them, run the default configs.
 
-    python -m mole_exp.hub_cache <repo_id> <folder> [--cache DIR]
+    python -m mole_exp.hub_cache <repo_id> <folder> [--cache DIR] [--repo-type dataset]
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ def main() -> None:
     parser.add_argument("repo_id")
     parser.add_argument("folder")
     parser.add_argument("--cache", default=None, help="cache folder (default: $HF_HUB_CACHE or $HF_HOME/hub)")
+    parser.add_argument("--repo-type", default="model", choices=["model", "dataset"], help="a model (default) or a dataset repo")
     args = parser.parse_args()
-    print(seed_repo(args.repo_id, args.folder, args.cache))
+    print(seed_repo(args.repo_id, args.folder, args.cache, args.repo_type))
 
 
 if __name__ == "__main__":

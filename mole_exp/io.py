@@ -27,18 +27,42 @@ def guard_run_dir(run_dir: str | Path) -> Path:
     return run_dir
 
 
+def current_umask() -> int:
+    """The process's umask (read without changing it where /proc allows; else set and restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`. The file gets the mode a
+    plain `open` would give it (0666 less the umask: 0644 by default), not mkstemp's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
+        os.chmod(temp, 0o666 & ~current_umask())
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
     return path
+
+
+def staging_dir(parent: str | Path, prefix: str) -> Path:
+    """A fresh folder in `parent` to build something in before renaming it into place; with the mode a plain
+    `mkdir` gives (0777 less the umask), not mkdtemp's private 0700, since the rename makes it the result."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(folder, 0o777 & ~current_umask())
+    return folder
 
 
 def write_json(path: str | Path, data: Any) -> Path:

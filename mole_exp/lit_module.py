@@ -14,6 +14,7 @@ import lightning as L
 import torch
 
 from mole_exp.composers.base import Composer
+from mole_exp.io import write_atomic
 
 
 class ComposerLitModule(L.LightningModule):
@@ -81,25 +82,36 @@ class ComposerLitModule(L.LightningModule):
 class GateStatisticsWriter(L.Callback):
     """Appends the composer's per-step statistics (loss, gate entropy, per-gate weights) to a JSONL file.
 
-    `tags` go into every row (a run with several fit units: {"unit": ..., "dataset": ...}); on resume only
-    the rows of the same unit past the checkpoint are dropped."""
+    `tags` go into every row (a run with several fit units: {"unit": ..., "dataset": ...}). Steps of one
+    unit strictly increase: a resumed run (or unit) first drops, atomically, that unit's lines at or past
+    the step it resumes from, and a step at or before the last one written is never appended again."""
 
     def __init__(self, path: str | Path, every_n_steps: int = 1, tags: dict[str, Any] | None = None):
         self.path = Path(path)
         self.every_n_steps = max(1, int(every_n_steps))
         self.tags = dict(tags or {})
-        self._started = False
+        self._last_step: int | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         stats = getattr(pl_module, "last_statistics", None)
         if not stats or stats["step"] % self.every_n_steps != 0 or trainer.global_rank != 0:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self._started and self.path.exists():  # a resumed run (or unit): drop its lines past the checkpoint
-            unit = self.tags.get("unit")
-            rows = [(line, json.loads(line)) for line in self.path.read_text().splitlines()]
-            kept = [line for line, row in rows if row.get("unit") != unit or row["step"] < stats["step"]]
-            self.path.write_text("".join(line + "\n" for line in kept))
-        self._started = True
+        if self._last_step is None:
+            self._last_step = self._keep_lines_before(stats["step"])
+        if stats["step"] <= self._last_step:
+            return
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({**self.tags, **stats}) + "\n")
+        self._last_step = stats["step"]
+
+    def _keep_lines_before(self, step: int) -> int:
+        """A resumed run (or unit): keep only this unit's lines before `step` (other units' lines stay);
+        returns the last step of this unit kept (-1: none)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            return -1
+        unit = self.tags.get("unit")
+        rows = [(line, json.loads(line)) for line in self.path.read_text().splitlines() if line.strip()]
+        kept = [(line, row) for line, row in rows if row.get("unit") != unit or row["step"] < step]
+        write_atomic(self.path, "".join(line + "\n" for line, _ in kept))
+        return max((row["step"] for _, row in kept if row.get("unit") == unit), default=-1)

@@ -43,10 +43,17 @@ from mole_exp.fit_units import (
     require_training_rows,
     task_slice,
 )
-from mole_exp.io import METRICS_FILE, PREDICTIONS_FILE, guard_run_dir, write_atomic, write_json, write_jsonl
+from mole_exp.gate_guard import GateHealthCheck
+from mole_exp.gate_guard import check_settings as check_gate_guard
+from mole_exp.hub_preflight import check_hub_artifacts
+from mole_exp.io import METRICS_FILE, PREDICTIONS_FILE, write_atomic, write_json, write_jsonl
 from mole_exp.lit_module import ComposerLitModule, GateStatisticsWriter
+from mole_exp.logs import silence_third_party_notices
 from mole_exp.models import BaseModel
+from mole_exp.progress import StepProgressBar
+from mole_exp.run_folder import accept_run_folder, end_state
 from mole_exp.search_loss import ExampleLoss
+from mole_exp.tasks.truncation import fit_to_length
 from mole_exp.unit_store import RESUME_CHECKPOINT, has_progress, load_unit, progress_time, save_unit
 
 log = logging.getLogger(__name__)
@@ -93,6 +100,7 @@ def validate(cfg: DictConfig) -> None:
     precheck_experts(cfg.experts)
     build(cfg.composer, _convert_="all").check_fit_per()  # the composer's options, fit_per included
     check_fit_config(cfg)
+    check_gate_guard(cfg.get("gate_guard"))
     max_steps = cfg.trainer.get("max_steps", -1)
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps == 0 or max_steps < -1:
         raise ValueError(f"trainer.max_steps={max_steps!r} must be a positive integer (or -1 with max_epochs)")
@@ -154,6 +162,13 @@ def load_composer_state(composer: Composer, path: Path) -> None:
     if module is None:
         raise ValueError(f"composer {composer.name!r} has no trained state to load from {path}")
     state = load_file(str(path))
+    expected = module.state_dict()
+    wrong = [f"{k}: checkpoint {tuple(v.shape)}, this config {tuple(expected[k].shape)}" for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    if wrong:
+        raise ValueError(
+            f"checkpoint {path} holds gates of other shapes than composer {composer.name!r} builds with this config "
+            f"({len(wrong)} tensors, e.g. {wrong[0]}): evaluate with the run's own experts, granularity and input form"
+        )
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(
@@ -241,6 +256,8 @@ def fit(
     module = ComposerLitModule(base.model, composer, build(cfg.optimizer))
     logger = (build(cfg.logger, **({"version": unit.id} if unit else {}))) if cfg.get("logger") else False
     callbacks = [GateStatisticsWriter(run_dir / "gate_stats.jsonl", cfg.get("gate_stats_every_n_steps", 1), tags)]
+    if cfg.get("gate_guard") is not None:  # after the writer: a collapse stops with its step's statistics written
+        callbacks.append(GateHealthCheck(**cfg.gate_guard))
     if cfg.get("checkpoint_every_n_steps"):
         # gates-only checkpoints (see ComposerLitModule.on_save_checkpoint), for resume after a crash
         callbacks.append(
@@ -250,6 +267,8 @@ def fit(
             )
         )
     callbacks += [build(callback) for callback in cfg.get("callbacks") or []]
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(StepProgressBar())  # steps done / max_steps, continued on resume
     enable_checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)
     trainer: L.Trainer = build(cfg.trainer, logger=logger, callbacks=callbacks, enable_checkpointing=enable_checkpointing)
     base.model.train()  # dropout as in ordinary fine-tuning; only the gates receive gradients
@@ -304,11 +323,14 @@ def describe_units(units: list[FitUnit]) -> str:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    silence_third_party_notices()
     validate(cfg)
     if cfg.get("dry_run"):
         plan = describe(cfg)
         print("[dry run] " + "  ".join(f"{k}={v}" for k, v in plan.items() if k != "overrides") + f"  <- {' '.join(plan['overrides'])}")
         return {"status": "dry_run", **plan}
+    suites = [build(cfg.task, _convert_="all")] + ([build(cfg.eval_task, _convert_="all")] if cfg.get("eval_task") else [])
+    check_hub_artifacts(cfg, suites)  # offline: one error naming every missing model, adapter and dataset
     run_dir = Path(cfg.paths.output_dir)
     resume_from = find_resumable_run(cfg, run_dir) if cfg.mode == "train" else None
     if resume_from is not None and resume_from != run_dir:
@@ -316,16 +338,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         run_dir = resume_from
         with open_dict(cfg):
             cfg.paths.output_dir = str(run_dir)  # logs and checkpoints continue there
-    run_dir = guard_run_dir(run_dir)
-    if resume_from is None:
-        write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        write_json(run_dir / RUN_STATE_FILE, {"config_hash": config_hash(cfg), "status": "running"})
+    run_dir, lock = accept_run_folder(run_dir, cfg, record=resume_from is None)  # finished: refused; in use: refused
     try:
-        return _run(cfg, run_dir, resume_from)
-    except BaseException as error:
-        if not (run_dir / METRICS_FILE).exists():
-            write_json(run_dir / RUN_STATE_FILE, {"config_hash": config_hash(cfg), "status": "failed", "error": f"{type(error).__name__}: {error}"})
-        raise
+        if resume_from is None:
+            write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            write_json(run_dir / RUN_STATE_FILE, {"config_hash": config_hash(cfg), "status": "running"})
+        try:
+            return _run(cfg, run_dir, resume_from)
+        except BaseException as error:
+            if not (run_dir / METRICS_FILE).exists():
+                status, text = end_state(error)
+                write_json(run_dir / RUN_STATE_FILE, {"config_hash": config_hash(cfg), "status": status, "error": text})
+            raise
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def unit_experts(cfg: DictConfig, base: BaseModel, unit: FitUnit, loaded: dict[Any, ExpertBank]) -> ExpertBank:
@@ -362,9 +389,10 @@ def run_unit(
     fit_view = task if unit.scope == SUITE else task_slice(task, train=list(unit.fit_datasets))
     score_view = eval_task if unit.scope == SUITE else task_slice(eval_task, test=list(unit.scored_datasets))
     if cfg.mode == "eval":
-        checkpoint = resolve_unit_checkpoint(cfg.checkpoint, unit, flat)
-        load_composer_state(composer, checkpoint)
-        record["checkpoint"] = str(checkpoint)
+        if composer.trains:  # nothing was fitted otherwise (nla, single)
+            checkpoint = resolve_unit_checkpoint(cfg.checkpoint, unit, flat)
+            load_composer_state(composer, checkpoint)
+            record["checkpoint"] = str(checkpoint)
     else:
         if composer.needs_search:
             record["search"] = composer.search(make_search_data(base, fit_view, cfg, seed=unit.seed))
@@ -413,12 +441,18 @@ def _run(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str, 
         composer.fit_per, list(task.train), list(eval_task.test), int(cfg.seed), cfg.composer.get("seed"), getattr(composer, "search_seeds", 1)
     )
     flat = is_flat(units)
-    if cfg.mode == "eval":  # every unit's checkpoint is there before any model loads
+    if cfg.mode == "eval" and composer.needs_search:
+        raise ValueError(
+            f"composer {composer.name!r} fits by search and keeps no checkpoint, so mode=eval cannot restore it "
+            f"(its searched weights are recorded in the run's metrics.json)"
+        )
+    if cfg.mode == "eval" and composer.trains:  # every unit's checkpoint is there before any model loads
         for unit in units:
             resolve_unit_checkpoint(cfg.checkpoint, unit, flat)
     log.info("fit units (composer.fit_per=%s): %s", composer.fit_per, [unit.id for unit in units])
 
     base: BaseModel = build(cfg.model)
+    truncation = fit_to_length([task, eval_task], base.tokenizer, cfg.data.max_source_length, cfg.data.max_target_length)
     device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
     banks: dict[Any, ExpertBank] = {}
     records: dict[str, dict[str, Any]] = {}
@@ -451,9 +485,11 @@ def _run(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str, 
         "eval_task": eval_task.name,
         "skipped": eval_task.skipped,
         "split_notes": {**task.notes, **eval_task.notes},
+        "truncation": truncation,
         "model": base.model_id,
         "composer": first["composer"] if flat else {"name": composer.name, "fit_per": composer.fit_per, "units": [u.id for u in units]},
-        "experts": {"names": bank.names, "count": len(bank), "sources": bank.sources},
+        "experts": {"names": bank.names, "count": len(bank), "sources": bank.sources,
+                    **({"rank_padding": bank.rank_padding} if bank.rank_padding else {})},
         "seed": int(cfg.seed),
         "config_hash": config_hash(cfg),
         "overrides": list(cfg.get("overrides") or []),
@@ -461,7 +497,10 @@ def _run(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str, 
             "fit_per": composer.fit_per,
             "search_seeds": getattr(composer, "search_seeds", None),
             "fit_units": [unit.id for unit in units],
+            "gate_guard": OmegaConf.to_container(cfg.gate_guard) if cfg.get("gate_guard") is not None else None,
+            "input_truncation": "longest free-text slot of the row; inputs without a template keep their end",  # tasks/truncation.py
         },
+        **({"evaluates": OmegaConf.to_container(cfg.evaluates)} if cfg.get("evaluates") else {}),
         "units": {unit_id: unit_summary(record) for unit_id, record in records.items()},
         **report,
     }

@@ -75,20 +75,45 @@ def find_runs(folders: list[Path]) -> list[Path]:
     return runs
 
 
-def plot_entropy(folders: list[Path], out: Path) -> Path:
-    """Figure 5: (a) mean gate entropy per step; (b) final mean weight per expert, per run."""
+def legend_labels(runs: list[Path]) -> dict[Path, str]:
+    """Per run: its short label plus what sets it apart from the other plotted runs (the differing config
+    keys, shortened as in the tables; the seed where seeds differ)."""
+    from mole_exp.evaluation.run_results import differing_keys, read_run
+    from mole_exp.evaluation.table_columns import short_differences
+
+    read = [read_run(Path(r)) for r in runs]
+    with_config = [r for r in read if r.config]
+    differences = short_differences(with_config, differing_keys(with_config)) if len(with_config) > 1 else {}
+    seeds = {r.seed for r in with_config}
+    labels = {}
+    for run_dir, run in zip(runs, read, strict=True):
+        if not run.config:
+            labels[run_dir] = Path(run_dir).name
+            continue
+        label = run.composer_name + (f" [{differences[str(run.path)]}]" if differences.get(str(run.path)) else "")
+        labels[run_dir] = label + (f" (seed {run.seed})" if len(seeds) > 1 else "")
+    if len(set(labels.values())) < len(labels):  # still alike (e.g. the same config twice): their folders tell them apart
+        labels = {r: f"{label} ({Path(r).name})" for r, label in labels.items()}
+    return labels
+
+
+def entropy_figure(folders: list[Path]):
+    """Figure 5: (a) mean gate entropy per step; (b) final mean weight per expert, per run (a matplotlib Figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     runs = find_runs(folders)
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    labels = legend_labels(runs)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     fits = [(run_dir, unit) for run_dir in runs for unit in stats_units(run_dir)]  # per-dataset runs: a line per unit
     width = 0.8 / len(fits)
+    names: list[str] = []
     for index, (run_dir, unit) in enumerate(fits):
         rows = read_stats(run_dir, unit)
-        label = run_label(run_dir) + (f" [{unit}]" if unit else "")
+        label = labels[run_dir] + (f" [{unit}]" if unit else "")
         left.plot([r["step"] for r in rows], [r["gate_entropy"] for r in rows], label=label)
         gates = rows[-1].get("gates") or {}
         if gates:
@@ -96,14 +121,28 @@ def plot_entropy(folders: list[Path], out: Path) -> Path:
             mean_weights = [sum(col) / len(col) for col in zip(*per_gate, strict=True)]
             positions = [i + index * width for i in range(len(mean_weights))]
             right.bar(positions, mean_weights, width=width, label=label)
+            run_names = expert_names(run_dir, len(mean_weights))
+            names = run_names if not names or names == run_names else [f"expert {i}" for i in range(len(mean_weights))]
     left.set_xlabel("training step")
     left.set_ylabel("mean gate entropy (nats)")
     left.set_title("(a) gate entropy")
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.legend(fontsize=7)
+    if names:
+        right.set_xticks([i + width * (len(fits) - 1) / 2 for i in range(len(names))], names, rotation=45, ha="right", fontsize=7)
     right.set_xlabel("expert")
     right.set_ylabel("mean weight at the last step")
     right.set_title("(b) weight per expert")
+    right.legend(fontsize=7)
     figure.tight_layout()
+    return figure
+
+
+def plot_entropy(folders: list[Path], out: Path) -> Path:
+    """Figure 5 as an image file."""
+    import matplotlib.pyplot as plt
+
+    figure = entropy_figure(folders)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=150)
     plt.close(figure)

@@ -15,3 +15,21 @@ def folder_name(text: str, limit: int = 120) -> str:
 
 if not OmegaConf.has_resolver("folder_name"):
     OmegaConf.register_new_resolver("folder_name", folder_name)
+
+
+def run_folder(checkpoint: str) -> str:
+    """eval.py: the run folder a `checkpoint=` names (the folder, or its checkpoints/composer.safetensors)."""
+    from mole_exp.eval_run import run_folder as folder_of
+
+    return str(folder_of(checkpoint))
+
+
+def eval_name(override_dirname: str) -> str:
+    from mole_exp.eval_run import eval_name as name
+
+    return name(override_dirname)
+
+
+for _name, _resolver in (("run_folder", run_folder), ("eval_name", eval_name)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver)

@@ -24,13 +24,13 @@ import logging
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
 from mole_exp.family import family_for
+from mole_exp.io import staging_dir
 from mole_exp.models import BaseModel, build_tiny, freeze, load_t5_tokenizer
 from mole_exp.seq2seq_training import TrainSettings, fit_seq2seq
 from mole_exp.span_corruption import corrupt_spans
@@ -128,7 +128,7 @@ def build_small_synthetic(
     freeze(model)
 
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
+    staging = staging_dir(folder.parent, f".{key}-")
     try:
         model.save_pretrained(str(staging))
         (staging / SETTINGS_FILE).write_text(json.dumps({"model_id": model_id, **spec, "report": report}, indent=2))

@@ -30,3 +30,26 @@ class RaiseAtStep(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step >= self.step and (self.unit is None or getattr(trainer.logger, "version", None) == self.unit):
             raise RuntimeError(f"simulated crash at step {trainer.global_step}")
+
+
+class InterruptAtStep(L.Callback):
+    """Ctrl-C (SIGINT to itself) once `step` optimizer steps are done."""
+
+    def __init__(self, step: int):
+        self.step = int(step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+class SlowSteps(L.Callback):
+    """Sleep after every training step (keeps a run busy while another process tries the same folder)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = float(seconds)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import time
+
+        time.sleep(self.seconds)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -41,6 +42,10 @@ def test_kill_9_then_resume_ends_like_an_uninterrupted_run(tmp_path):
     resumed = train(["resume=true"], tmp_path, "resumed")  # the same command, plus resume=true
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming the unfinished run in" in resumed.stderr + resumed.stdout
+    # the step bar continues from the checkpoint's step (4) to 12, never past it; no "Epoch 0/-2"
+    counts = [int(n) for n in re.findall(r"train \(steps\):[^\r\n]*?\| *(\d+)/12 ", resumed.stdout)]
+    assert counts and min(counts) == 4 and max(counts) == 12, resumed.stdout[-2000:]
+    assert "Epoch 0/-2" not in resumed.stdout + resumed.stderr
     metrics = json.loads((crashed_dir / "metrics.json").read_text())  # finished in the crashed run's folder
     reference_metrics = json.loads((tmp_path / "outputs" / "reference" / "metrics.json").read_text())
     assert metrics["train"]["resumed_from"].endswith("last.ckpt")

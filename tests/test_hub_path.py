@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -59,6 +61,53 @@ def test_without_cache_or_network_one_clear_error(tmp_path):
         {"HF_HUB_CACHE": str(tmp_path / "empty_cache")},
     )
     assert result.returncode != 0
-    assert "could not load model 'google/flan-t5-large': HF_HUB_OFFLINE=1 is set and it is not in the local cache" in result.stderr
-    assert "hf download google/flan-t5-large" in result.stderr
+    assert "this run needs 21 artifact(s) from the Hugging Face Hub that are not in the local cache" in result.stderr
+    assert "HF_HUB_OFFLINE=1 is set" in result.stderr
+    assert "  - model google/flan-t5-large: hf download google/flan-t5-large" in result.stderr
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def offline_run_missing_four(tmp_path, hub_cache, monkeypatch):
+    """The model, two of three adapters and a dataset are not in the cache: one error lists the four."""
+    from mole_exp.hub import HubUnavailableError
+    from mole_exp.pipeline import run
+    from tests.conftest import compose_cfg
+
+    cache, hub_ids = hub_cache
+    shutil.rmtree(cache / "models--google--flan-t5-large")
+    for hub_id in hub_ids[1:]:
+        shutil.rmtree(cache / f"models--{hub_id.replace('/', '--')}")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    cfg = compose_cfg(["task=nli", "task.only=[wnli]", "task.source=hub", "experts.count=3", "experts.selection=first",
+                       f"paths.data_dir={tmp_path / 'no_shared_data'}"], output_dir=tmp_path / "run")
+    started = time.perf_counter()
+    with pytest.raises(HubUnavailableError) as caught:
+        run(cfg)
+    elapsed = time.perf_counter() - started
+    assert not (tmp_path / "run").exists()  # refused before any folder or file
+    return str(caught.value), elapsed, hub_ids
+
+
+def test_offline_one_error_names_the_model_every_missing_adapter_and_dataset_within_seconds(tmp_path, hub_cache, monkeypatch):
+    message, elapsed, hub_ids = offline_run_missing_four(tmp_path, hub_cache, monkeypatch)
+    assert elapsed < 10, elapsed
+    assert "this run needs 4 artifact(s)" in message and "HF_HUB_OFFLINE=1 is set" in message
+    assert "  - model google/flan-t5-large: hf download google/flan-t5-large\n" in message
+    for hub_id in hub_ids[1:]:
+        assert f"  - adapter {hub_id}: hf download {hub_id}\n" in message
+    assert hub_ids[0] not in message  # that one is in the cache
+    assert "  - dataset nyu-mll/glue (wnli): hf download nyu-mll/glue --repo-type dataset" in message
+    assert "MOLE_EXP_DATA=<folder>" in message and "no_shared_data (which does not exist)" in message
+    assert "../shared/data" in message and "python -m mole_exp.hub_cache <repo_id> <folder>" in message
+
+
+def test_an_unreachable_hub_fails_as_fast_as_an_offline_one(tmp_path, hub_cache, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: the connection is refused
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    message, elapsed, _ = offline_run_missing_four(tmp_path, hub_cache, monkeypatch)
+    assert elapsed < 10, elapsed
+    assert "the Hub (127.0.0.1:9) cannot be reached" in message and "this run needs 4 artifact(s)" in message
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is True  # the rest of the process does not retry either

@@ -53,3 +53,26 @@ def test_a_run_fitted_per_dataset_plots_one_line_per_unit_and_one_heatmap_per_ch
         plot_heatmap(folder, tmp_path / "x.png", unit="anli_r1")
     assert plot_heatmap(folder, tmp_path / "fig7.png", unit="qnli").stat().st_size > 10_000
     assert plot_entropy([folder], tmp_path / "fig5.png").stat().st_size > 10_000
+
+
+def write_sweep_member(folder, granularity, names=("nli_a", "nli_b", "nli_c"), steps=3):
+    write_run(folder, 0.5, steps=steps)
+    (folder / "config.yaml").write_text(
+        f"composer:\n  name: mole\n  alpha: 0.5\n  gate:\n    granularity: {granularity}\ngate:\n  granularity: {granularity}\n"
+        f"model:\n  _target_: mole_exp.models.build_tiny\n  d_ff: 128\nseed: 0\n"
+    )
+    (folder / "metrics.json").write_text(json.dumps({"status": "completed", "experts": {"names": list(names), "count": len(names)}}))
+
+
+def test_figure5_legends_carry_what_differs_ticks_are_integers_experts_are_named(tmp_path):
+    from mole_exp.plots import entropy_figure
+
+    write_sweep_member(tmp_path / "sweep" / "0_gate=layer", "layer")
+    write_sweep_member(tmp_path / "sweep" / "1_gate=block", "block")
+    figure = entropy_figure([tmp_path / "sweep"])
+    left, right = figure.axes
+    assert [t.get_text() for t in left.get_legend().get_texts()] == ["mole [granularity=layer]", "mole [granularity=block]"]
+    assert [t.get_text() for t in right.get_legend().get_texts()] == ["mole [granularity=layer]", "mole [granularity=block]"]
+    steps = [tick for tick in left.get_xticks() if left.get_xlim()[0] <= tick <= left.get_xlim()[1]]
+    assert steps and all(float(tick).is_integer() for tick in steps)  # 3 steps: no 0.25 ticks
+    assert [t.get_text() for t in right.get_xticklabels()] == ["nli_a", "nli_b", "nli_c"]

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from mole_exp.evaluation.metrics import AVERAGE, metric_key
 from mole_exp.evaluation.paper import OUR_DATASET, flagged_averages, load_paper_results
 from mole_exp.evaluation.run_results import collect_runs
+from mole_exp.evaluation.table_columns import PAPER_MODEL
 from mole_exp.evaluation.table_layouts import detect_layouts
 from mole_exp.evaluation.table_render import render_csv, render_latex, render_markdown
 from mole_exp.evaluation.tables import build_table
@@ -58,15 +59,17 @@ class RunWriter:
         datasets = NLI if task == "nli" else BBH7
         cfg["task"].update(name=task, datasets={d: {"loader": task, "metric": "exact_match"} for d in datasets})
         cfg["eval_task"] = None if eval_task is None else {**cfg["task"], "name": eval_task}
-        cfg["overrides"] = [f"composer={composer}", f"task={task}", f"seed={seed}", "model=tiny", "experts=tiny"]
+        cfg["overrides"] = [f"composer={composer}", f"task={task}", f"seed={seed}", *self.base.get("overrides", [])]
         return cfg
 
     def __call__(self, root: Path, name: str, composer: str = "mole", task: str = "nli", values: dict | None = None,
                  eval_task: str | None = None, seed: int = 0, alpha: float = 0.5, temperature: dict | None = None,
                  count: int = 8, layer_range: list | None = None, granularity: str = "layer",
-                 skipped: dict | None = None, lower_is_better: tuple = (), finished: bool = True) -> Path:
+                 skipped: dict | None = None, lower_is_better: tuple = (), finished: bool = True,
+                 model: str = PAPER_MODEL, eval_limit: int | None = None) -> Path:
         run_dir = root / name
         cfg = self.config(run_dir, composer, task, eval_task, seed, alpha, temperature, count, layer_range, granularity)
+        cfg["data"]["eval_limit"] = eval_limit
         write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(cfg)))
         write_atomic(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(cfg)))  # Hydra's: not a run
         write_json(run_dir / "run_state.json", {"config_hash": "0" * 12, "status": "running"})
@@ -83,7 +86,7 @@ class RunWriter:
             "higher_is_better": {k: not any(f"/{d}/" in k for d in lower_is_better) for k in metrics},
             "num_examples": {d: 100 for d in values}, "extras": {}, "status": "completed", "task": task,
             "eval_task": suite, "skipped": skipped or {}, "split_notes": {d: "" for d in values},
-            "model": "tiny-t5-d64-ff128-l2x2-h4-v32100-seed0", "composer": summary,
+            "model": model, "composer": summary,  # the paper's base unless a test says otherwise
             "experts": {"names": summary["experts"], "count": count, "sources": summary["experts"]},
             "seed": seed, "config_hash": hashlib.sha256(str(cfg).encode()).hexdigest()[:12], "overrides": cfg["overrides"],
         })
@@ -294,8 +297,8 @@ def test_runs_of_different_settings_are_never_averaged_together(tmp_path, write_
     write_run(tmp_path, "mole_layer", "mole", granularity="layer", values={d: 60 for d in NLI})
     write_run(tmp_path, "mole_block", "mole", granularity="block", values={d: 70 for d in NLI})
     labels = [c.label for c in build_table("table3", collect_runs([tmp_path])).columns]
-    assert "mole [composer.gate.granularity=block, gate.granularity=block]" in labels
-    assert "mole [composer.gate.granularity=layer, gate.granularity=layer]" in labels
+    assert "mole [granularity=block]" in labels  # gate.granularity, and its copy composer.gate.granularity, named once
+    assert "mole [granularity=layer]" in labels
 
 
 def load_cli():
@@ -332,3 +335,49 @@ def test_same_tables_from_the_same_results(table3_sweep):
     first = build_table("table3", runs)
     assert render_csv(first) == render_csv(build_table("table3", collect_runs([table3_sweep])))
     assert render_latex(first).count("\\\\\n") >= len(first.rows)
+
+
+# ---- what the columns compare: captions, "not comparable", short headers, settings the paper lacks --------
+
+
+def test_each_column_says_its_model_experts_and_examples_and_cells_off_the_papers_setting_are_marked(tmp_path, write_run):
+    tiny = "tiny-t5-d64-ff128-l2x2-h4-v32100-untied-seed0"
+    write_run(tmp_path, "mole_tiny", "mole", model=tiny, eval_limit=16, values={d: 0.0 for d in NLI})
+    write_run(tmp_path, "nla_paper", "nla", count=20, values={d: 60 for d in NLI})  # FLAN-T5-large, full test sets
+    markdown = render_markdown(build_table("table3", collect_runs([tmp_path])))
+    captions = markdown.split("Columns (model; experts; evaluated examples):\n")[1].split("\n\n")[0].splitlines()
+    assert f"- mole: model {tiny}; experts 8 from tiny, first; evaluated 100 per dataset (5 datasets), data.eval_limit=16; 1 run(s)" in captions
+    assert "- nla: model google/flan-t5-large; experts 20 from tiny, first; evaluated 100 per dataset (5 datasets); 1 run(s) — a setting" in "\n".join(captions)
+    mole_cell = md_row(markdown, "nli", "anli_r1", "EM")[column(markdown, "mole")]
+    assert mole_cell.startswith("0.0 (not comparable [")
+    assert note_text(markdown, mole_cell.split("not comparable")[1]).endswith(
+        f"not comparable with the paper's numbers: model {tiny} (the paper's: google/flan-t5-large); at most 16 evaluated "
+        "examples per dataset (data.eval_limit; the paper: the full test sets)")
+    assert "not comparable" not in md_row(markdown, "nli", "anli_r1", "EM")[column(markdown, "nla")]
+    lines = list(csv.DictReader(io.StringIO(render_csv(build_table("table3", collect_runs([tmp_path]))))))
+    assert {r["column"]: bool(r["not_comparable"]) for r in lines if r["dataset"] == "anli_r1"} == {
+        "nla": False, "lorahub": False, "pems": False, "mole": True}
+
+
+def test_column_headers_name_only_the_differing_groups_and_keys_shortened(tmp_path, base_config):
+    paper_setting = RunWriter(OmegaConf.to_container(compose_cfg([]), resolve=True))  # FLAN-T5-large, LoRAHub's experts
+    paper_setting(tmp_path, "mole_large", "mole", values={d: 60 for d in NLI})
+    RunWriter(base_config)(tmp_path, "mole_tiny", "mole", values={d: 10 for d in NLI})
+    RunWriter(base_config)(tmp_path, "mole_tiny_block", "mole", granularity="block", values={d: 20 for d in NLI})
+    labels = sorted(c.label for c in build_table("table3", collect_runs([tmp_path])).columns if c.label.startswith("mole"))
+    assert labels == ["mole [experts=lorahub, model=google/flan-t5-large, granularity=layer]",
+                      "mole [experts=tiny, model=tiny, granularity=block]",
+                      "mole [experts=tiny, model=tiny, granularity=layer]"]
+
+
+def test_a_setting_the_paper_lacks_gets_its_own_column_or_row_with_a_note(tmp_path, write_run):
+    write_run(tmp_path, "mole", "mole", values={d: 60 for d in NLI})
+    write_run(tmp_path, "mixer", "mixer", values={d: 55 for d in NLI})
+    markdown = render_markdown(build_table("table3", collect_runs([tmp_path])))
+    assert md_row(markdown, "nli", "anli_r1", "EM")[column(markdown, "mixer")] == "55.0"
+    assert "- mixer: model google/flan-t5-large; " in markdown
+    assert "1 run(s) — a setting the paper's table does not have (its own column; no paper number to compare with)" in markdown
+    for count in (8, 10):
+        write_run(tmp_path / "t6", f"mole_{count}", "mole", task="bbh_paper", count=count, values={d: count for d in BBH7})
+    table6 = render_markdown(build_table("table6", collect_runs([tmp_path / "t6"])))
+    assert md_row(table6, "bbh", "10 LoRAs (not in paper table)", "avg")[column(table6, "mole")] == "10.0"

@@ -98,7 +98,8 @@ def evaluate_task(
             extras[dataset] = extra
         counts[dataset] = len(examples)
         rows.extend(
-            {"dataset": dataset, "input": e["source"], "prediction": p, "references": e["references"], "metric": spec.metric}
+            {"dataset": dataset, "input": e["source"], "prediction": p, "references": e["references"], "metric": spec.metric,
+             **({"truncated": e["truncated"]} if e.get("truncated") else {})}  # the input was cut (tasks/truncation.py)
             for e, p in zip(examples, predictions, strict=True)
         )
         log.info("%s: %s", dataset, {k: round(v, 2) for k, v in values.items()})

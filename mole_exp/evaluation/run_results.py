@@ -1,7 +1,8 @@
 """Read finished and failed runs from their folders: metrics.json (what came out) and config.yaml (what ran);
 name a run's variant (composer and ablation) and its setting (its config, seeds and places aside).
 
-A run folder is any folder holding config.yaml or metrics.json (Hydra's own `.hydra/` copies are skipped).
+A run folder is any folder holding config.yaml or metrics.json (Hydra's own `.hydra/` copies are skipped, and
+so are eval.py's `evals/` inside a run unless that folder is given itself).
 A run completed when its metrics.json reads `"status": "completed"`; any other folder is a failed run: a
 sweep member that died leaves config.yaml without metrics.json.
 """
@@ -106,7 +107,7 @@ class Run:
 IGNORED_SETTINGS = (
     "paths", "hydra", "logger", "overrides", "checkpoint", "device", "export_dir", "gate_stats_every_n_steps",
     "resume", "callbacks", "checkpoint_every_n_steps", "trainer.default_root_dir", "generation.progress",
-    "data.num_workers", "task.data_dir", "eval_task.data_dir",
+    "data.num_workers", "task.data_dir", "eval_task.data_dir", "gate_guard", "evaluates",
 )
 
 
@@ -188,8 +189,8 @@ def read_run(run_dir: Path) -> Run:
             state = read_json(state_path) if state_path.exists() else {}
         except (json.JSONDecodeError, OSError):
             state = {}
-        if state.get("status") == "failed":
-            return Run(run_dir, config, None, f"failed: {state.get('error', 'unknown error')}")
+        if state.get("status") in ("failed", "interrupted"):  # mole_exp.run_folder.end_state
+            return Run(run_dir, config, None, f"{state['status']}: {state.get('error', 'unknown error')}")
         return Run(run_dir, config, None, "no metrics.json (the run did not finish)")
     try:
         metrics = read_json(metrics_path)
@@ -200,11 +201,15 @@ def read_run(run_dir: Path) -> Run:
     return Run(run_dir, config, metrics, None)
 
 
+EVALS_DIR = "evals"  # eval.py's results inside a run folder: tables read them only when given that folder itself
+
+
 def find_run_dirs(folder: Path) -> list[Path]:
     found = set()
     for name in (METRICS_FILE, CONFIG_FILE):
         for path in folder.rglob(name):
-            if not any(part.startswith(".") for part in path.relative_to(folder).parts[:-1]):
+            parts = path.relative_to(folder).parts[:-1]
+            if not any(part.startswith(".") or part == EVALS_DIR for part in parts):
                 found.add(path.parent)
     return sorted(found)
 

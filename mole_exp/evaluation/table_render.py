@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mole_exp.evaluation.run_results import Run
+from mole_exp.evaluation.table_columns import column_caption, extra_column_note, not_comparable
 from mole_exp.evaluation.table_layouts import MEAN_OF_ROWS, Row
 from mole_exp.evaluation.tables import Cell, Table
 from mole_exp.io import write_atomic
@@ -25,7 +26,7 @@ FLAG = "†"
 HEADER = ("suite", "dataset", "metric")
 CSV_FIELDS = (
     "table", "suite", "dataset", "metric", "column", "paper_method", "mean", "std", "n", "values", "seeds", "best",
-    "missing", "reason", "caveat", "paper_value", "paper_flag", "paper_note", "runs", "failed_runs",
+    "missing", "reason", "caveat", "paper_value", "paper_flag", "paper_note", "runs", "failed_runs", "not_comparable",
 )
 
 
@@ -80,6 +81,7 @@ class Presentation:
     notes: list[str]
     failed: list[str]
     sources: list[str]
+    captions: list[str] = field(default_factory=list)  # per column: model, expert pool, evaluated examples
 
 
 def present(table: Table, base: Path | None = None) -> Presentation:
@@ -91,7 +93,9 @@ def present(table: Table, base: Path | None = None) -> Presentation:
         line = [(row.suite, False), (row_label(row), False), (METRIC_NAMES.get(row.metric, row.metric), False)]
         for column in table.columns:
             cell = table.cells[(index, column.label)]
-            line.append((cell_text(cell, decimals, notes), cell.best))
+            text = cell_text(cell, decimals, notes)
+            reason = not_comparable(cell.runs) if cell.mean is not None and table.paper_methods else None
+            line.append((text + (f" (not comparable {notes.mark(reason)})" if reason else ""), cell.best))
         for method in table.paper_methods:
             value = table.paper.get((index, method))
             text = "" if value is None else value.printed
@@ -106,7 +110,19 @@ def present(table: Table, base: Path | None = None) -> Presentation:
         f"{shown_path(r.path, base)}: {r.problem} (column {table.column_of[str(r.path)]}, task {r.task}, eval {r.eval_task}, seed {r.seed})"
         for r in table.failed
     ] + [f"{shown_path(r.path, base)}: {r.problem} (not placed: no readable config.yaml)" for r in table.unplaced]
-    return Presentation(table.layout.title, header, body, notes.texts, failed, sources(table, base))
+    return Presentation(table.layout.title, header, body, notes.texts, failed, sources(table, base), captions(table))
+
+
+def captions(table: Table) -> list[str]:
+    """One line per column of ours: what it compares (mole_exp.evaluation.table_columns)."""
+    lines = []
+    for column in table.columns:
+        runs = [r for r in table.runs if r.completed and table.column_of[str(r.path)] == column.label]
+        line = column_caption(column.label, runs)
+        if column.paper_method is None and table.paper_methods:
+            line += " — " + extra_column_note(column.label).split(": ", 1)[1]
+        lines.append(line)
+    return lines
 
 
 def sources(table: Table, base: Path | None) -> list[str]:
@@ -130,6 +146,7 @@ def render_markdown(table: Table, base: Path | None = None) -> str:
     shown = present(table, base)
     lines = [f"## {shown.title}", "", "| " + " | ".join(shown.header) + " |", "|" + "---|" * len(HEADER) + "---:|" * (len(shown.header) - len(HEADER))]
     lines += ["| " + " | ".join(markdown_cell(text, bold) for text, bold in line) + " |" for line in shown.body]
+    lines += ["", "Columns (model; experts; evaluated examples):", *(f"- {line}" for line in shown.captions)] if shown.captions else []
     lines += ["", f"Ours: mean ± std (n runs) where runs of one setting differ by seed; best of ours per row in **bold**. "
               f"Paper: as printed; {FLAG} an average its own rows do not give."]
     lines += ["", "Notes:", *(f"{i}. {text}" for i, text in enumerate(shown.notes, 1))] if shown.notes else []
@@ -164,8 +181,9 @@ def render_latex(table: Table, base: Path | None = None) -> str:
     for line in shown.body:
         lines.append(" & ".join(f"\\textbf{{{tex_escape(t)}}}" if bold and t else tex_escape(t) for t, bold in line) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
-    if shown.notes:
+    if shown.notes or shown.captions:
         lines += ["\\par\\smallskip", "\\begin{minipage}{\\linewidth}\\tiny"]
+        lines += [f"{tex_escape(text)}\\\\" for text in shown.captions]
         lines += [f"[{i}] {tex_escape(text)}\\\\" for i, text in enumerate(shown.notes, 1)]
         lines += ["\\end{minipage}"]
     lines.append("\\end{table}")
@@ -190,6 +208,7 @@ def csv_line(table: Table, index: int, row: Row, column_label: str, base: Path |
         "paper_note": paper.note if paper else "",
         "runs": ";".join(shown_path(r.path, base) for r in runs),
         "failed_runs": ";".join(shown_path(r.path, base) for r in cell.failed),
+        "not_comparable": (not_comparable(cell.runs) or "") if cell.mean is not None and table.paper_methods else "",
     }
 
 

@@ -16,7 +16,8 @@ import statistics
 from dataclasses import dataclass, field
 
 from mole_exp.evaluation.paper import PaperValue, flagged_averages, paper_table
-from mole_exp.evaluation.run_results import Run, differing_keys, setting
+from mole_exp.evaluation.run_results import Run, differing_keys
+from mole_exp.evaluation.table_columns import short_differences
 from mole_exp.evaluation.table_layouts import DATASET, LAYOUTS, MEAN_OF_ROWS, SUITE_AVERAGE, Layout, Row
 
 LISTED = 6  # datasets named in a caveat before "and N more"
@@ -120,9 +121,9 @@ def split_mixed_settings(rows: list[Row], runs: list[Run], labels: dict[str, str
         keys: set[str] = set()
         for row in (r for r in rows if r.kind != MEAN_OF_ROWS):
             keys |= differing_keys([r for r in members if row.holds(r)])
+        suffixes = short_differences(members, keys) if keys else {}  # only what differs, shortened
         for run in members if keys else []:
-            values = setting(run)
-            split[str(run.path)] = f"{label} [" + ", ".join(f"{k}={values.get(k, 'unset')}" for k in sorted(keys)) + "]"
+            split[str(run.path)] = f"{label} [{suffixes[str(run.path)]}]"
     return split
 
 

@@ -106,6 +106,8 @@ class Task:
         for spec in self.specs.values():
             if spec.loader not in LOADERS:
                 raise ValueError(f"task {name}: dataset {spec.name} names loader {spec.loader!r}; known loaders: {sorted(LOADERS)}")
+        if only is not None and len(only) == 0:
+            raise ValueError(f"task.only=[] selects no dataset of suite {name!r}; name some of {list(self.specs)}, or null for all")
         if only:
             unknown = [d for d in only if d not in self.specs]
             if unknown:
@@ -156,7 +158,8 @@ class Task:
                 )
         answers = row.get("answers") or [target]
         return {"dataset": spec.name, "source": source, "target": target, "references": list(answers),
-                **({"options": list(row["options"])} if row.get("options") else {})}
+                **({"options": list(row["options"])} if row.get("options") else {}),
+                "row": row}  # the slots, for cutting an over-long input where the prompt says least (truncation.py)
 
     def train_mixture(self, strategy: str = "proportional", cap: int | None = None) -> list[dict[str, Any]]:
         """The FLAN-style training mixture: every dataset's examples (capped per dataset), shuffled."""
