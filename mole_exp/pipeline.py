@@ -29,6 +29,7 @@ from mole_exp.experts import precheck as precheck_experts
 from mole_exp.io import METRICS_FILE, PREDICTIONS_FILE, guard_run_dir, write_atomic, write_json, write_jsonl
 from mole_exp.lit_module import ComposerLitModule, GateStatisticsWriter
 from mole_exp.models import BaseModel
+from mole_exp.provenance import code_version
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +308,7 @@ def _run(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str, 
         "experts": {"names": bank.names, "count": len(bank), "sources": bank.sources},
         "seed": int(cfg.seed),
         "config_hash": config_hash(cfg),
+        "code_version": code_version(),
         "overrides": list(cfg.get("overrides") or []),
         **report,
     }
