@@ -152,3 +152,27 @@ def test_two_identical_mixer_runs_give_the_same_metrics_and_router_weights(tmp_p
     assert routers[0].keys() == routers[1].keys() and all(torch.equal(routers[0][k], routers[1][k]) for k in routers[0])
     predictions = [(tmp_path / name / "predictions.jsonl").read_text() for name in ("first", "second")]
     assert predictions[0] == predictions[1]
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"rank": 0}, r"composer.rank=0 must be a positive integer or one of \['library'\]"),
+        ({"rank": "big"}, r"composer.rank='big'"),
+        ({"alpha": -1}, r"composer.alpha=-1 must be a positive number"),
+        ({"dropout": 1.0}, r"composer.dropout=1.0 must lie in \[0, 1\)"),
+        ({"targets": "q"}, r"composer.targets='q' must be a non-empty list"),
+    ],
+)
+def test_fresh_lora_bad_options_name_the_value(options, match):
+    from mole_exp.composers.fresh_lora import FreshLoRAComposer
+
+    with pytest.raises(ValueError, match=match):
+        FreshLoRAComposer(**options)
+
+
+def test_fresh_lora_targets_the_base_lacks_are_refused_at_compose(tiny_base, tiny_bank):
+    from mole_exp.composers.fresh_lora import FreshLoRAComposer
+
+    with pytest.raises(ValueError, match=r"composer.targets=\['attention_out'\]"):
+        FreshLoRAComposer(targets=["attention_out"]).compose(tiny_base, tiny_bank)

@@ -119,3 +119,30 @@ def test_fast_reproduction_end_to_end(tmp_path, monkeypatch):
     assert script.main(["--fast", "--out", str(out), "--docs", str(docs), "--jobs", "1", "--data-dir", str(DATA_DIR)]) == 0
     again = json.loads((out / "outcomes.json").read_text())
     assert all(r["status"] == "reused" for r in again["runs"])
+
+
+def test_claim_verdicts_follow_the_intervals(tmp_path):
+    from mole_exp.evaluation.intervals import Interval
+    from mole_exp.mini.claims import NO_LOSS, Claim, Comparison, make_claims
+
+    def compared(low, high, kind="above"):
+        interval = Interval((low + high) / 2, low, high, None, 1000, 3, 600, "two-level paired bootstrap")
+        return Comparison("x − y", [], [], ["copy"], kind, interval)
+
+    assert [compared(*bounds).verdict for bounds in ((1, 3), (-1, 3), (-3, -1))] == ["holds", "within noise", "reversed"]
+    assert [compared(*bounds, kind=NO_LOSS).verdict for bounds in ((-1, 3), (-3, -1))] == ["holds", "reversed"]
+    assert Claim("c", "p", [compared(1, 3), compared(2, 4)]).verdict == "holds"
+    assert Claim("c", "p", [compared(1, 3), compared(-1, 4)]).verdict == "not shown (within noise)"
+    assert Claim("c", "p", [compared(1, 3), compared(-4, -1)]).verdict == "does not hold"
+    assert Claim("c", "p", [Comparison("x − y", [], [], ["copy"])]).verdict == "not tested (no runs)"
+
+    plan = make_plan(FULL, {seed: tmp_path / f"lib{seed}" for seed in FULL.seeds}, tmp_path / "out", CONF)
+    claims = {c.name: c for c in make_claims(plan, FULL)}
+    assert [c.text for c in claims["MoLE above the static composers"].comparisons][:3] == [
+        "mole − nla, mixture average", "mole − lorahub, mixture average", "mole − pems, mixture average"]
+    assert len(claims["Intermediate granularity best"].comparisons) == 4  # layer and block against matrix and network
+    assert len(claims["Raised temperatures hurt"].comparisons) == len(FULL.temperatures)
+    masks = claims["Masking keeps the rest"].comparisons
+    assert len(masks) == len(FULL.tasks) and all(len(c.datasets) == len(FULL.tasks) - 1 and c.kind == NO_LOSS for c in masks)
+    for name in ("MoLE above MoLE over a random library", "MoLE above a fresh LoRA"):
+        assert [len(c.better) for c in claims[name].comparisons] == [len(FULL.seeds)] * 2  # mixture and two-skill, every seed
