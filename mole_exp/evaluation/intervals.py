@@ -30,6 +30,7 @@ import zlib
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,21 @@ def _counts(rng: np.random.Generator, size: int, resamples: int) -> np.ndarray:
     return np.bincount((draws + offsets).ravel(), minlength=resamples * size).reshape(resamples, size).astype(np.float64)
 
 
+@lru_cache(maxsize=128)
+def _stream_counts(seed: int, slot: int, index: int, dataset: str, size: int, resamples: int) -> np.ndarray:
+    """The counts of one (seed slot, run pair, dataset) stream: the same for every comparison that uses it, so
+    a table's cells are resampled alike (and each stream is drawn once: cached when small, <= 2 MB)."""
+    counts = _counts(np.random.default_rng([seed, 1 + slot, index, zlib.crc32(dataset.encode())]), size, resamples)
+    counts.flags.writeable = False
+    return counts
+
+
+def _stream(seed: int, slot: int, index: int, dataset: str, size: int, resamples: int) -> np.ndarray:
+    if size * resamples <= 250_000:
+        return _stream_counts(seed, slot, index, dataset, size, resamples)
+    return _stream_counts.__wrapped__(seed, slot, index, dataset, size, resamples)
+
+
 def _target_value(scores: RunScores, target: Target, counts: dict[str, np.ndarray] | None) -> np.ndarray:
     """The mean of the target's values, (B,) on resamples given by counts, or (1,) on the full set."""
     per_dataset = {}
@@ -177,8 +193,7 @@ def _distribution(replicates: list[tuple[RunScores, RunScores | None]], target: 
     for slot in range(count):
         for index in np.unique(chosen[:, slot]):
             a = replicates[index][0]
-            counts = {d: _counts(np.random.default_rng([seed, 1 + slot, int(index), zlib.crc32(d.encode())]), a[d].size, resamples)
-                      for d in dict.fromkeys(d for d, _ in target)}
+            counts = {d: _stream(seed, slot, int(index), d, a[d].size, resamples) for d in dict.fromkeys(d for d, _ in target)}
             rows = chosen[:, slot] == index
             total[rows] += value(replicates[index], counts)[rows]
     return estimate, total / count
