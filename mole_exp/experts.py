@@ -32,7 +32,7 @@ from mole_exp.models import BaseModel, weights_fingerprint
 log = logging.getLogger(__name__)
 
 SELECTIONS = ("first", "random")
-SOURCES = ("tiny", "library", "list")
+SOURCES = ("tiny", "library", "list", "random_library")
 MANIFEST = "manifest.json"
 PACKAGED_ID_LISTS = {"lorahub": "lorahub_modules.txt"}
 
@@ -367,6 +367,10 @@ def precheck(cfg: Any) -> None:
     count = cfg.get("count")
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         raise ValueError(f"experts.count={count!r} must be a positive integer or null (all)")
+    if source == "random_library":
+        from mole_exp.random_library import check_options
+
+        check_options(cfg.get("random"))
     if source == "list" and count is not None:
         ids = listed_ids(cfg)
         if count > len(ids):
@@ -387,6 +391,12 @@ def resolve_entries(cfg: Any, base: BaseModel) -> tuple[list[tuple[str, str]], d
     elif source == "library":
         entries, manifest = read_library(cfg.library_dir)
         where = str(cfg.library_dir)
+    elif source == "random_library":  # seeded LoRAs shaped and norm-matched like the library's (mole_exp/random_library.py)
+        from mole_exp.random_library import ensure_random_library
+
+        folder = ensure_random_library(cfg.library_dir, cfg.get("random"), cfg.random.cache_dir)
+        entries, manifest = read_library(folder)
+        where = f"{folder} (random, matched to {cfg.library_dir})"
     else:
         ids = listed_ids(cfg)
         ids_file = cfg.get("ids_file")

@@ -51,6 +51,7 @@ from mole_exp.lit_module import ComposerLitModule, GateStatisticsWriter
 from mole_exp.logs import silence_third_party_notices
 from mole_exp.models import BaseModel
 from mole_exp.progress import StepProgressBar
+from mole_exp.provenance import code_version
 from mole_exp.run_folder import accept_run_folder, end_state
 from mole_exp.search_loss import ExampleLoss
 from mole_exp.tasks.truncation import fit_to_length
@@ -492,6 +493,7 @@ def _run(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str, 
                     **({"rank_padding": bank.rank_padding} if bank.rank_padding else {})},
         "seed": int(cfg.seed),
         "config_hash": config_hash(cfg),
+        "code_version": code_version(),
         "overrides": list(cfg.get("overrides") or []),
         "protocol": {
             "fit_per": composer.fit_per,

@@ -2,10 +2,14 @@
 
     python scripts/make_tables.py outputs/multirun/2026-11-26/10-00-00
     python scripts/make_tables.py --layout table6 --out tables/ sweep_a/ sweep_b/
+    python scripts/make_tables.py --layout table3 --intervals --reference nla sweep/     # mean [95% CI], ↑/↓ vs nla
 
 Reads only the runs' metrics.json and config.yaml (every one under the folders, recursively); the paper's
 numbers come from the package (mole_exp/resources/paper_results.csv). --layout auto makes every table the
 runs are for. Files go to --out (default: the first folder given) as <table>.md, <table>.csv, <table>.tex.
+--intervals adds each cell's 95% interval (a bootstrap over the runs' predictions.jsonl, and over seeds);
+--reference <column> also marks cells significantly better (↑) or worse (↓) than that column's
+(mole_exp/evaluation/table_intervals.py).
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("folders", nargs="+", type=Path, help="run or sweep folders (searched recursively)")
     parser.add_argument("--layout", default="auto", choices=[*LAYOUTS, "auto"], help="which table (default: auto)")
     parser.add_argument("--out", type=Path, default=None, help="where to write the files (default: the first folder)")
+    parser.add_argument("--intervals", action="store_true", help="show mean [95%% CI] (bootstrap over examples and seeds)")
+    parser.add_argument("--reference", default=None, help="a column label: mark cells significantly better/worse than it (implies --intervals)")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for --intervals (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -38,6 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     layouts = detect_layouts(runs) if args.layout == "auto" else [args.layout]
     for name in layouts:
         table = build_table(name, runs)
+        if args.intervals or args.reference:
+            from mole_exp.evaluation.table_intervals import add_intervals
+
+            try:
+                add_intervals(table, args.reference, args.resamples)
+            except ValueError as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 2
         print(render_markdown(table, base=args.folders[0]))
         for path in write_table(table, out_dir, base=args.folders[0]):
             print(f"wrote {path}", file=sys.stderr)

@@ -1,16 +1,20 @@
 """Composition methods, one module each, registered by name (see base.py for the interface)."""
 
 from mole_exp.composers.base import COMPOSERS, Composer, SearchData, register_composer
+from mole_exp.composers.fresh_lora import FreshLoRAComposer
 from mole_exp.composers.lorahub import LoRAHubComposer
 from mole_exp.composers.mixer import MixerComposer
 from mole_exp.composers.mole import MoLEComposer
 from mole_exp.composers.nla import NLAComposer
+from mole_exp.composers.no_experts import BaseOnlyComposer
 from mole_exp.composers.pems import PEMsComposer
 from mole_exp.composers.single import SingleComposer
 
 __all__ = [
     "COMPOSERS",
+    "BaseOnlyComposer",
     "Composer",
+    "FreshLoRAComposer",
     "LoRAHubComposer",
     "MixerComposer",
     "MoLEComposer",

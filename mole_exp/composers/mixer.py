@@ -12,7 +12,14 @@ L_balance is the Switch-Transformer load-balance term N sum_i f_i P_i and L_spec
 per-token routing entropy / log N (see composers/token_router.py). LoRA-Mixer's exact "Routing
 Specialization Loss" is not reproduced; this is its described shape (global balance + entropy shaping).
 Defaults: balance weight 0.01 (Switch Transformer's), specialization weight 0.01, router init N(0, 0.02^2)
-(random, so that top-k ties break), fixed tau = 1. Decoder positions all count in the losses (no mask).
+(random, so that top-k ties break; drawn from `seed`, the run's, whatever the process drew before), fixed
+tau = 1. Decoder positions all count in the losses (no mask).
+
+Hard top-k routing makes the mixer the composer most sensitive to floating-point rounding: a change of
+order 1e-7 in a router logit can flip which experts a token gets, and the training then diverges. The same
+code, config and seed give bit-identical routers and metrics on CPU (tested); a change of code that only
+reorders floating-point sums (e.g. a new backward of the rank-space mix) can change the mixer's scores
+where MoLE's soft gates absorb it.
 
 Trainable parameters: `mixer_router.gates.<scope>.projection` (d_in x N per router).
 """
@@ -80,10 +87,14 @@ class MixerComposer(Composer):
         init_std: float = 0.02,
         temperature: dict[str, Any] | None = None,
         mask: list[str | int] | None = None,
+        seed: int = 0,
         fit_per: str = "suite",
         name: str | None = None,
     ):
         super().__init__(name=name, mask=mask, fit_per=fit_per)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"composer.seed={seed!r} must be an integer (the routers' initialisation)")
+        self.seed = seed
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"composer.top_k={top_k!r} must be a positive integer (experts per token)")
         if granularity not in GRANULARITIES:
@@ -106,7 +117,9 @@ class MixerComposer(Composer):
             raise ValueError(f"composer.top_k={self.top_k} but only {len(bank)} experts are composed (allowed 1..{len(bank)})")
         self.base, self.bank = base, bank
         self._resolve_mask(bank)
-        self.router = inject_mixer(base, bank, self.modules, self.granularity, self.top_k, self.init_std, self.temperature)
+        with torch.random.fork_rng(devices=[]):  # the routers' initialisation depends on the seed alone
+            torch.manual_seed(self.seed)
+            self.router = inject_mixer(base, bank, self.modules, self.granularity, self.top_k, self.init_std, self.temperature)
         return [p for p in self.router.parameters() if p.requires_grad]
 
     def trainable_module(self) -> nn.Module:
@@ -144,6 +157,7 @@ class MixerComposer(Composer):
             "balance_weight": self.balance_weight,
             "specialization_weight": self.specialization_weight,
             "init_std": self.init_std,
+            "seed": self.seed,
             "temperature": self.temperature,
             "num_routers": len(self.router.gates) if self.router else 0,
         }

@@ -28,6 +28,7 @@ CSV_FIELDS = (
     "table", "suite", "dataset", "metric", "column", "paper_method", "mean", "std", "n", "values", "seeds", "best",
     "missing", "reason", "caveat", "paper_value", "paper_flag", "paper_note", "runs", "failed_runs", "not_comparable",
 )
+INTERVAL_FIELDS = ("ci_low", "ci_high", "difference", "difference_low", "difference_high", "significance")  # with --intervals
 
 
 def shown_path(path: Path, base: Path | None) -> str:
@@ -60,6 +61,10 @@ class Notes:
 
 
 def value_text(cell: Cell, decimals: int) -> str:
+    if cell.intervals is not None:
+        from mole_exp.evaluation.table_intervals import interval_text
+
+        return interval_text(cell, decimals)
     if cell.std is None:
         return f"{cell.mean:.{decimals}f}"
     return f"{cell.mean:.{decimals}f} ± {cell.std:.{decimals}f} (n={cell.n})"
@@ -68,7 +73,8 @@ def value_text(cell: Cell, decimals: int) -> str:
 def cell_text(cell: Cell, decimals: int, notes: Notes) -> str:
     if cell.mean is None:
         return f"{MISSING} ({cell.missing} {notes.mark(cell.reason)})" if cell.reason else f"{MISSING} ({cell.missing})"
-    return value_text(cell, decimals) + (f" {notes.mark(cell.caveat)}" if cell.caveat else "")
+    text = value_text(cell, decimals) + (f" {notes.mark(cell.caveat)}" if cell.caveat else "")
+    return text + "".join(f" {notes.mark(note)}" for note in (cell.intervals.notes if cell.intervals is not None else []))
 
 
 @dataclass
@@ -149,6 +155,7 @@ def render_markdown(table: Table, base: Path | None = None) -> str:
     lines += ["", "Columns (model; experts; evaluated examples):", *(f"- {line}" for line in shown.captions)] if shown.captions else []
     lines += ["", f"Ours: mean ± std (n runs) where runs of one setting differ by seed; best of ours per row in **bold**. "
               f"Paper: as printed; {FLAG} an average its own rows do not give."]
+    lines += ["", table.interval_legend] if table.interval_legend else []
     lines += ["", "Notes:", *(f"{i}. {text}" for i, text in enumerate(shown.notes, 1))] if shown.notes else []
     lines += ["", "Failed runs (config.yaml without a completed metrics.json):", *(f"- {line}" for line in shown.failed)] if shown.failed else []
     where = f" (folders relative to {base})" if base else ""
@@ -161,7 +168,7 @@ def render_markdown(table: Table, base: Path | None = None) -> str:
 TEX_REPLACEMENTS = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
     "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "—": "--", FLAG: r"$^\dagger$",
-    "α": r"$\alpha$", "τ": r"$\tau$", "<": r"$<$", ">": r"$>$",
+    "α": r"$\alpha$", "τ": r"$\tau$", "<": r"$<$", ">": r"$>$", "↑": r"$\uparrow$", "↓": r"$\downarrow$",
 }
 
 
@@ -209,12 +216,27 @@ def csv_line(table: Table, index: int, row: Row, column_label: str, base: Path |
         "runs": ";".join(shown_path(r.path, base) for r in runs),
         "failed_runs": ";".join(shown_path(r.path, base) for r in cell.failed),
         "not_comparable": (not_comparable(cell.runs) or "") if cell.mean is not None and table.paper_methods else "",
+        **(interval_fields(cell) if table.interval_legend else {}),
+    }
+
+
+def interval_fields(cell: Cell) -> dict[str, object]:
+    found = cell.intervals
+    interval = found.interval if found is not None else None
+    difference = found.difference if found is not None else None
+    return {
+        "ci_low": "" if interval is None else interval.low, "ci_high": "" if interval is None else interval.high,
+        "difference": "" if difference is None else difference.estimate,
+        "difference_low": "" if difference is None else difference.low,
+        "difference_high": "" if difference is None else difference.high,
+        "significance": found.mark if found is not None else "",
     }
 
 
 def render_csv(table: Table, base: Path | None = None) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
+    fields = CSV_FIELDS + (INTERVAL_FIELDS if table.interval_legend else ())
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for index, row in enumerate(table.rows):
         for column in table.columns:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
+from typing import Any
 
 from mole_exp.evaluation.paper import PaperValue, flagged_averages, paper_table
 from mole_exp.evaluation.run_results import Run, differing_keys
@@ -34,6 +35,7 @@ class Cell:
     of_rows: bool = False  # the values are rows' means, not runs'
     coverage: frozenset[str] = frozenset()  # an average's datasets: those every one of its runs evaluated
     best: bool = False
+    intervals: Any = None  # table_intervals.CellIntervals, when intervals were asked for (make_tables.py --intervals)
 
     @property
     def n(self) -> int:
@@ -158,6 +160,7 @@ class Table:
     runs: list[Run]  # the runs this table used, completed and failed
     column_of: dict[str, str]  # run path -> column label
     unplaced: list[Run]  # failed runs without a readable config.yaml: no table can place them
+    interval_legend: str | None = None  # set by table_intervals.add_intervals
 
     @property
     def name(self) -> str:

@@ -77,11 +77,21 @@ def _worker_setup(threads: int, level: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+TRAINED = ("mole", "mixer", "fresh_lora")  # minutes each at full size
+SEARCHED = ("lorahub", "pems")  # seconds
+
+
+def longest_first(specs: list[Any]) -> list[Any]:
+    """Runs that train first, then searches, then the rest (stable): the worker pool's last minutes are not
+    spent waiting on one long run started late."""
+    return sorted(specs, key=lambda s: 0 if s.composer in TRAINED and "mode=eval" not in s.overrides else 1 if s.composer in SEARCHED else 2)
+
+
 def run_all(specs: list[Any], conf_dir: Path, jobs: int = 1, threads_per_job: int = 1) -> list[Outcome]:
     """Run specs (RunSpec) in order of dependency: those that need another run's checkpoint go last, and
-    are blocked (not run) when that run did not complete."""
-    first = [s for s in specs if s.needs is None]
-    later = [s for s in specs if s.needs is not None]
+    are blocked (not run) when that run did not complete. Within a wave, runs that train go first."""
+    first = longest_first([s for s in specs if s.needs is None])
+    later = longest_first([s for s in specs if s.needs is not None])
     outcomes = _run_wave(first, conf_dir, jobs, threads_per_job)
     done = {o.run_dir for o in outcomes if o.status in ("completed", "reused")}
     runnable = [s for s in later if str(s.needs) in done or (Path(s.needs) / METRICS_FILE).exists()]

@@ -1,4 +1,13 @@
-"""How big the mini reproduction is: the full run (`make reproduce-mini`) and the --fast one (tests)."""
+"""How big the mini reproduction is: the full run (`make reproduce-mini`) and the --fast one (tests).
+
+Each seed k is one replicate of the whole study; it re-draws, and each run records:
+- the expert library's training: LoRA initialisation and data order (`scripts/train_experts.py seed=k`),
+- the task data: training and test examples of every synthetic task (`task.args.data_seed=k`), the same
+  draw for the library and for the compositions, so no test input is ever a training input,
+- the composer's initialisation, data order, few-shot and validation draws (`seed=k`; LoRAHub's and PEMs'
+  search seeds follow it), and the random library's matrices (`experts.random.seed=k`).
+The small base is pretrained once (its own seed and data pool) and shared by every replicate.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +27,9 @@ class MiniSettings:
     temperatures: tuple[float, ...]  # Table 7: fixed raised gate temperatures (with alpha = 0)
     granularities: tuple[str, ...] = ("matrix", "layer", "block", "network")
     default_granularity: str = "layer"  # the MoLE of Tables 3, 6, 7 and Figure 8 (conf/train.yaml's default)
+    controls: tuple[str, ...] = ("base", "fresh_lora", "random_library")  # beside every composer on both held-out tasks
+    random_match: str = "factors"  # which norms the random library shares with the real one (factors | delta)
+    resamples: int = 1000  # bootstrap resamples of every interval
 
 
 COMPOSE_COMMON = (
@@ -57,6 +69,8 @@ FAST = MiniSettings(
     compose=(*COMPOSE_COMMON, "trainer.max_steps=3", "data.batch_size=4", "data.eval_batch_size=16", "optimizer.lr=1.0e-2"),
     counts=(2,),
     temperatures=(5.0,),
+    granularities=("layer", "network"),
+    resamples=200,
 )
 
 PRESETS = {s.name: s for s in (FULL, FAST)}
