@@ -24,11 +24,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from mole_exp.composers.base import Composer, SearchData
 from mole_exp.data import collator, tokenize, train_loader
 from mole_exp.evaluation.evaluator import GenerationSettings, evaluate_task, score_examples
-from mole_exp.experts import load_experts
+from mole_exp.expert_catalogue import pool_datasets
+from mole_exp.experts import load_experts, select_pool
 from mole_exp.experts import precheck as precheck_experts
 from mole_exp.io import METRICS_FILE, PREDICTIONS_FILE, guard_run_dir, write_atomic, write_json, write_jsonl
 from mole_exp.lit_module import ComposerLitModule, GateStatisticsWriter
 from mole_exp.models import BaseModel
+from mole_exp.protocol import dry_run_experts, run_protocol
+from mole_exp.tasks.base import EVAL_SUBSETS
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +60,8 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(data)).encode()).hexdigest()[:12]
 
 
-def validate(cfg: DictConfig) -> None:
-    """Cheap checks of the config, before any model or data is loaded."""
+def validate(cfg: DictConfig) -> list[tuple[str, str]]:
+    """Cheap checks of the config, before any model or data is loaded; returns the experts' pool (name, id)."""
     if cfg.mode not in MODES:
         raise ValueError(f"mode={cfg.mode!r} is not one of {list(MODES)}")
     if cfg.mode == "eval" and not cfg.get("checkpoint"):
@@ -71,10 +74,13 @@ def validate(cfg: DictConfig) -> None:
         value = cfg.data.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"data.{key}={value!r} must be a positive integer or null")
+    if cfg.data.get("eval_subset", "random") not in EVAL_SUBSETS:
+        raise ValueError(f"data.eval_subset={cfg.data.eval_subset!r} is not one of {list(EVAL_SUBSETS)}")
     precheck_experts(cfg.experts)
     max_steps = cfg.trainer.get("max_steps", -1)
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps == 0 or max_steps < -1:
         raise ValueError(f"trainer.max_steps={max_steps!r} must be a positive integer (or -1 with max_epochs)")
+    return select_pool(cfg.experts, *pool_datasets(cfg))  # unknown pool/family, too small a family, unknown names
 
 
 def resolve_checkpoint(path: str) -> Path:
@@ -231,11 +237,12 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    validate(cfg)
+    pool = validate(cfg)
     if cfg.get("dry_run"):
         plan = describe(cfg)
         print("[dry run] " + "  ".join(f"{k}={v}" for k, v in plan.items() if k != "overrides") + f"  <- {' '.join(plan['overrides'])}")
-        return {"status": "dry_run", **plan}
+        print(dry_run_experts(cfg, pool))
+        return {"status": "dry_run", **plan, "expert_ids": [source for _, source in pool]}
     run_dir = Path(cfg.paths.output_dir)
     resume_from = find_resumable_run(cfg, run_dir) if cfg.mode == "train" else None
     if resume_from is not None and resume_from != run_dir:
@@ -267,7 +274,7 @@ def _run(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str, 
         eval_task.load(need_train=False, eval_limit=cfg.data.eval_limit)
 
     base: BaseModel = build(cfg.model)
-    bank = load_experts(cfg.experts, base)
+    bank = load_experts(cfg.experts, base, *pool_datasets(cfg))
     trainable = composer.compose(base, bank)
     device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
     base.model.to(device)
@@ -306,6 +313,7 @@ def _run(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str, 
         "composer": composer.summary(),
         "experts": {"names": bank.names, "count": len(bank), "sources": bank.sources},
         "seed": int(cfg.seed),
+        "protocol": run_protocol(cfg, bank, task, eval_task),
         "config_hash": config_hash(cfg),
         "overrides": list(cfg.get("overrides") or []),
         **report,

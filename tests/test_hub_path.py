@@ -41,7 +41,7 @@ def test_default_hub_ids_resolve_from_a_local_cache(tmp_path, hub_cache):
     cache, hub_ids = hub_cache
     run_dir = tmp_path / "run"
     result = run_train(
-        ["task=nli", "task.only=[wnli]", "experts.count=3", "experts.selection=first", "trainer.max_steps=2",
+        ["task=nli", "task.only=[wnli]", "experts.pool=list", "experts.count=3", "experts.selection=first", "trainer.max_steps=2",
          "data.eval_limit=4", "data.train_limit=8", "data.batch_size=4", "generation.progress=false",
          f"paths.data_dir={DATA_DIR}", f"hydra.run.dir={run_dir}"],
         {"HF_HUB_CACHE": str(cache)},
