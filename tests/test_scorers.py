@@ -93,3 +93,20 @@ def test_lorahub_scorer_equals_the_official_packages():
     assert len(decoded) == len(targets)
     ours = score("bbh_em", decoded, [[t] for t in targets])[0]["em"]
     assert ours == pytest.approx(accuracy) and 0 < accuracy < 100
+
+
+@needs_data
+def test_bbh_lorahub_prompt_is_lorahubs_zero_shot_form():
+    """LoRAHub's BBH inputs (its example.py, data_bbh zero_shot.jsonl): the task's description, then "Q: ...\\nA:"."""
+    from mole_exp.pipeline import build
+
+    task = build(compose_cfg(["task=bbh", "task.only=[date_understanding]", "task.args.prompt=lorahub", f"paths.data_dir={DATA_DIR}"]).task,
+                 _convert_="all").load(need_train=False, eval_limit=3)
+    plain = build(compose_cfg(["task=bbh", "task.only=[date_understanding]", f"paths.data_dir={DATA_DIR}"]).task,
+                  _convert_="all").load(need_train=False, eval_limit=3)
+    for row, raw in zip(task.test["date_understanding"], plain.test["date_understanding"], strict=True):
+        assert row["source"] == f"Infer the date from context.\n\nQ: {raw['source']}\nA:" and row["target"] == raw["target"]
+    assert "LoRAHub's prompt" in task.notes["date_understanding"]
+    with pytest.raises(ValueError, match=r"BBH prompt='fewshot' is not one of \['input', 'lorahub'\]"):
+        build(compose_cfg(["task=bbh", "task.only=[date_understanding]", "task.args.prompt=fewshot", f"paths.data_dir={DATA_DIR}"]).task,
+              _convert_="all").load(need_train=False, eval_limit=1)
