@@ -107,9 +107,6 @@ class ExpertInfo:
     def named(self, wanted: str) -> bool:
         return str(wanted) in (self.name, self.source, self.module)
 
-    def record(self) -> dict[str, Any]:
-        return {"name": self.name, "id": self.source, "datasets": list(self.datasets), "family": self.family}
-
 
 def _as_keys(value: Any) -> tuple[str, ...]:
     if value is None:

@@ -354,7 +354,7 @@ def expert_infos(cfg: Any, entries: list[tuple[str, str]], manifest: dict[str, A
     tasks = dict(cfg.get("tasks") or {})
     unknown = sorted(set(tasks) - {n for n, _ in entries} - {s for _, s in entries})
     if unknown:
-        raise ValueError(f"experts.tasks names experts that are not in the library: {unknown}")
+        raise ValueError(f"experts.tasks names experts that are not in the library: {unknown} (keys: the experts' names or ids)")
     return [expert_info(name, source, by_name.get(name), tasks) for name, source in entries]
 
 
