@@ -60,8 +60,8 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(data)).encode()).hexdigest()[:12]
 
 
-def validate(cfg: DictConfig) -> list[tuple[str, str]]:
-    """Cheap checks of the config, before any model or data is loaded; returns the experts' pool (name, id)."""
+def validate(cfg: DictConfig) -> None:
+    """Cheap checks of the config, before any model or data is loaded."""
     if cfg.mode not in MODES:
         raise ValueError(f"mode={cfg.mode!r} is not one of {list(MODES)}")
     if cfg.mode == "eval" and not cfg.get("checkpoint"):
@@ -80,7 +80,6 @@ def validate(cfg: DictConfig) -> list[tuple[str, str]]:
     max_steps = cfg.trainer.get("max_steps", -1)
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps == 0 or max_steps < -1:
         raise ValueError(f"trainer.max_steps={max_steps!r} must be a positive integer (or -1 with max_epochs)")
-    return select_pool(cfg.experts, *pool_datasets(cfg))  # unknown pool/family, too small a family, unknown names
 
 
 def resolve_checkpoint(path: str) -> Path:
@@ -237,8 +236,9 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    pool = validate(cfg)
+    validate(cfg)
     if cfg.get("dry_run"):
+        pool = select_pool(cfg.experts, *pool_datasets(cfg))  # the experts' (name, id), without loading a model
         plan = describe(cfg)
         print("[dry run] " + "  ".join(f"{k}={v}" for k, v in plan.items() if k != "overrides") + f"  <- {' '.join(plan['overrides'])}")
         print(dry_run_experts(cfg, pool))
@@ -264,6 +264,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def _run(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str, Any]:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    select_pool(cfg.experts, *pool_datasets(cfg))  # an unknown pool or family, too small a family, unknown names: before any load
 
     composer: Composer = build(cfg.composer, _convert_="all")  # validates its options
     task = build(cfg.task, _convert_="all")

@@ -223,20 +223,27 @@ def test_table3_dry_run_shows_both_readings():
 
 
 @pytest.mark.parametrize(
-    "overrides, message",
-    [
-        (["experts.pool=best"], r"experts.pool='best' is not one of \['random', 'in_domain', 'family', 'list'\]"),
-        (["experts.pool=family", "experts.family=poetry", "experts.count=null"], r"experts.family='poetry' is not a task family; known: \[.*'nli'"),
-        (["experts.pool=family"], r"experts.pool=family needs experts.family"),
-        (["experts.pool=family", "experts.family=nli"], r"experts.count=20 but the family 'nli' has 9 experts"),
+    "overrides, message, recorded",
+    [  # recorded: found against the library once the run folder exists (a sweep lists it as failed); else from the config alone
+        (["experts.pool=best"], r"experts.pool='best' is not one of \['random', 'in_domain', 'family', 'list'\]", False),
+        (["experts.pool=family", "experts.family=poetry", "experts.count=null"], r"experts.family='poetry' is not a task family; known: \[.*'nli'", True),
+        (["experts.pool=family"], r"experts.pool=family needs experts.family", False),
+        (["experts.pool=family", "experts.family=nli"], r"experts.count=20 but the family 'nli' has 9 experts", True),
         (["experts.pool=list", "experts.count=null", "experts.names=[anli_r1,no_such_module]"],
-         r"experts.names: \['no_such_module'\] are not in the library at lorahub"),
-        (["experts.pool=random", "experts.names=[anli_r1]"], r"experts.names=\['anli_r1'\] is for experts.pool=list"),
-        (["experts.pool_seed=one"], r"experts.pool_seed='one' must be an integer"),
+         r"experts.names: \['no_such_module'\] are not in the library at lorahub", True),
+        (["experts.pool=random", "experts.names=[anli_r1]"], r"experts.names=\['anli_r1'\] is for experts.pool=list", False),
+        (["experts.pool_seed=one"], r"experts.pool_seed='one' must be an integer", False),
     ],
 )
-def test_bad_pools_fail_before_any_model_loads(tmp_path, overrides, message):
-    # the default model is FLAN-T5-large from the Hub, offline here: any loading would fail otherwise
+def test_bad_pools_fail_before_any_model_loads(tmp_path, overrides, message, recorded):
+    # the default model is FLAN-T5-large from the Hub, offline here, and data_dir is empty: loading either would
+    # fail with another error
     with pytest.raises(ValueError, match=message):
         run(compose_cfg(["experts=lorahub", f"paths.data_dir={tmp_path}", *overrides], output_dir=tmp_path / "r"))
-    assert not (tmp_path / "r").exists()
+    if recorded:
+        state = json.loads((tmp_path / "r" / "run_state.json").read_text())
+        assert state["status"] == "failed" and not (tmp_path / "r" / "metrics.json").exists()
+    else:
+        assert not (tmp_path / "r").exists()
+    with pytest.raises(ValueError, match=message):  # and a dry run says so too
+        run(compose_cfg(["experts=lorahub", f"paths.data_dir={tmp_path}", "dry_run=true", *overrides]))
