@@ -203,7 +203,19 @@ def dry_run(preset: str) -> list[list[str]]:
     return list(zip(members, experts, strict=True))
 
 
-def test_table8_dry_run_prints_each_members_nine_nli_modules():
+def test_table8_dry_run_prints_each_members_nine_nli_modules(capsys):
+    """In process, member by member as the sweep composes them (the command-line sweep: the slow test below)."""
+    from tests.test_presets import sweep_members
+
+    for member in sweep_members("table8"):
+        plan = run(compose_cfg(["+experiment=paper/table8", *member, "dry_run=true"]))
+        line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("[dry run]   experts ("))
+        ids = line.split("): ", 1)[1].split()
+        assert set(ids) == NLI9 and len(ids) == 9 and plan["expert_ids"] == ids
+
+
+@pytest.mark.slow
+def test_table8_dry_run_from_the_command_line():
     printed = dry_run("table8")
     assert len(printed) == 3 and all(set(ids) == NLI9 and len(ids) == 9 for _, ids in printed)
 
