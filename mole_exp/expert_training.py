@@ -1,4 +1,6 @@
-"""Train a library of LoRA experts: one PEFT adapter per dataset of a task suite, on the frozen base.
+"""Train a library of LoRA experts: one PEFT adapter per dataset of a task suite, and named joint adapters
+each trained on the union of several datasets (`joint`, e.g. the paper's Table 5 LoRA on ANLI-R1 + ANLI-R2 +
+QNLI), on the frozen base.
 
     python scripts/train_experts.py model=small_synthetic task=synthetic           (conf/train_experts.yaml)
 
@@ -6,8 +8,9 @@ Defaults follow LoRAHub's recipe (r=16, alpha=32, dropout 0.1, q and v). The lib
 `save_pretrained` adapter per dataset and a `manifest.json`:
 
     {kind, base_model_id, base_fingerprint, settings, settings_key,
-     adapters: [{name, path, task (the dataset key), suite, rank, alpha, dropout, targets, train_steps, final_loss,
-                 eval_metric, eval_score, base_score}]}
+     adapters: [{name, path, task (the dataset key; null for a joint adapter), tasks (the dataset keys it was
+                 trained on), joint, suite, rank, alpha, dropout, targets, train_steps, final_loss, train_examples,
+                 eval_metric, eval_score (joint: the mean of eval_scores, one per dataset), base_score}]}
 
 which `experts=library experts.library_dir=<folder>` loads (and checks against the base); `task` is the
 dataset's key, so `composer=single composer.expert=matched` evaluates each dataset with its own expert. The library is
@@ -91,6 +94,23 @@ def score_dataset(model, base: BaseModel, task: Task, dataset: str, settings: Ge
     return score_examples(model, base.tokenizer, task, task.test[dataset], settings)
 
 
+def adapter_plan(task: Task, datasets: list[str], joint: dict[str, list[str]] | None) -> list[tuple[str, list[str]]]:
+    """(adapter name, the datasets it trains on): one per dataset, then one per joint name; bad names raise."""
+    plan = [(d, [d]) for d in datasets]
+    for name, members in (joint or {}).items():
+        members = [members] if isinstance(members, str) else list(members)
+        unknown = [d for d in members if d not in task.train]
+        if not members or unknown:
+            raise ValueError(f"experts_training.joint.{name}={members}: needs loaded datasets of suite {task.name!r}; "
+                             f"unknown {unknown}, available {list(task.train)}")
+        if name in task.specs or name in datasets:
+            raise ValueError(f"experts_training.joint: the name {name!r} is a dataset's; name the joint adapter otherwise")
+        plan.append((str(name), members))
+    if not plan:
+        raise ValueError("nothing to train: experts_training.tasks is empty and experts_training.joint names no adapter")
+    return plan
+
+
 def settings_key(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -121,24 +141,29 @@ def train_library(
     generation: GenerationSettings | None = None,
     score_base: bool = True,
     libraries_root: str | Path | None = None,
+    joint: dict[str, list[str]] | None = None,
 ) -> Path:
-    """Train one expert per dataset of `task` (already loaded, with training data); write the library.
+    """Train one expert per dataset of `datasets` (None: every dataset of `task`, already loaded with training
+    data) and one per name of `joint` on the union of its datasets' training data; write the library.
 
     Without `library_dir` the library goes to `libraries_root/<suite>-<settings key>`."""
     lora, train = lora or LoraSettings(), train or TrainSettings()
     lora.validate()
     train.validate("experts_training.train")
     generation = generation or GenerationSettings(progress=False)
-    datasets = list(datasets or task.dataset_names)
+    datasets = list(task.dataset_names if datasets is None else datasets)
     unknown = [d for d in datasets if d not in task.train]
     if unknown:
         raise ValueError(f"experts_training.tasks={unknown}: not loaded datasets of suite {task.name!r}; available: {list(task.train)}")
+    plan = adapter_plan(task, datasets, joint)
     fingerprint = weights_fingerprint(base.model)
+    trained_on = sorted({d for _, members in plan for d in members})
     settings = {
         "task": task.name,
         "datasets": datasets,
+        **({"joint": {name: members for name, members in plan[len(datasets):]}} if joint else {}),
         "data_args": task.args,
-        "train_examples": {d: len(task.train[d]) for d in datasets},
+        "train_examples": {d: len(task.train[d]) for d in trained_on},
         "lora": asdict(lora),
         "train": {k: v for k, v in asdict(train).items() if k != "log_every"},
         "seed": seed,
@@ -157,21 +182,26 @@ def train_library(
     staging = staging_dir(folder.parent, f".{folder.name}-")
     try:
         adapters = []
-        for dataset in datasets:
+        for name, members in plan:
             started = time.perf_counter()
-            metric = task.specs[dataset].metric
-            base_score = score_dataset(base.model, base, task, dataset, generation) if score_base else None
-            report = train_expert(base, task.train[dataset], lora, train, expert_seed(seed, dataset), staging / dataset, f"expert {dataset}")
-            eval_score = _score_saved_expert(base, staging / dataset, task, dataset, generation)
+            metrics = sorted({f"{task.specs[d].metric}/{get_metric(task.specs[d].metric).primary}" for d in members})
+            base_scores = {d: score_dataset(base.model, base, task, d, generation) for d in members} if score_base else None
+            examples = [row for d in members for row in task.train[d]]  # the union; the loader shuffles it (seeded)
+            report = train_expert(base, examples, lora, train, expert_seed(seed, name), staging / name, f"expert {name}")
+            eval_scores = _score_saved_expert(base, staging / name, task, members, generation)
+            eval_score = sum(eval_scores.values()) / len(eval_scores)
+            base_score = None if base_scores is None else sum(base_scores.values()) / len(base_scores)
+            joint_entry = len(members) > 1 or name != members[0]
             adapters.append({
-                "name": dataset, "path": dataset, "task": dataset, "suite": task.name,
+                "name": name, "path": name, "task": None if joint_entry else name, "suite": task.name,
+                **({"tasks": members, "joint": True, "eval_scores": {d: round(v, 2) for d, v in eval_scores.items()}} if joint_entry else {}),
                 "rank": lora.rank, "alpha": lora.alpha, "dropout": lora.dropout, "targets": list(lora.targets),
-                "train_steps": report["steps"], "final_loss": report["final_loss"], "train_examples": len(task.train[dataset]),
-                "eval_metric": f"{metric}/{get_metric(metric).primary}", "eval_score": round(eval_score, 2),
+                "train_steps": report["steps"], "final_loss": report["final_loss"], "train_examples": len(examples),
+                "eval_metric": "+".join(metrics), "eval_score": round(eval_score, 2),
                 "base_score": None if base_score is None else round(base_score, 2),
                 "seconds": round(time.perf_counter() - started, 2),
             })
-            log.info("expert %s: %s %.1f (base %s) in %.0fs", dataset, metric, eval_score, base_score, adapters[-1]["seconds"])
+            log.info("expert %s (%s): %s %.1f (base %s) in %.0fs", name, "+".join(members), metrics, eval_score, base_score, adapters[-1]["seconds"])
         if weights_fingerprint(base.model) != fingerprint:
             raise RuntimeError("the base model's weights changed while training experts (they must stay frozen)")
         manifest = {"kind": LIBRARY_KIND, "base_model_id": base.model_id, "base_fingerprint": fingerprint,
@@ -184,13 +214,13 @@ def train_library(
     return folder
 
 
-def _score_saved_expert(base: BaseModel, adapter_dir: Path, task: Task, dataset: str, generation: GenerationSettings) -> float:
-    """The expert's score as it will be composed: reloaded from disk onto the base."""
+def _score_saved_expert(base: BaseModel, adapter_dir: Path, task: Task, datasets: list[str], generation: GenerationSettings) -> dict[str, float]:
+    """The expert's score on each of its datasets as it will be composed: reloaded from disk onto the base."""
     from peft import PeftModel
 
     peft_model = PeftModel.from_pretrained(base.model, str(adapter_dir))
     try:
-        return score_dataset(peft_model, base, task, dataset, generation)
+        return {d: score_dataset(peft_model, base, task, d, generation) for d in datasets}
     finally:
         peft_model.unload()
 
@@ -215,11 +245,15 @@ def run_from_config(cfg: Any) -> Path:
 
     options = cfg.experts_training
     task: Task = build(cfg.task, _convert_="all")
-    if options.tasks:
-        unknown = [d for d in options.tasks if d not in task.specs]
-        if unknown:
-            raise ValueError(f"experts_training.tasks={unknown}: not datasets of suite {task.name!r}; available: {task.dataset_names}")
-        task.specs = {k: v for k, v in task.specs.items() if k in options.tasks}
+    joint_cfg = options.get("joint")
+    joint = {str(k): [v] if isinstance(v, str) else list(v) for k, v in (OmegaConf.to_container(joint_cfg, resolve=True) if joint_cfg else {}).items()}
+    wanted = task.dataset_names if options.tasks is None else list(options.tasks)
+    unknown = [d for d in [*wanted, *(d for members in joint.values() for d in members)] if d not in task.specs]
+    if unknown:
+        raise ValueError(f"experts_training.tasks/joint name {sorted(set(unknown))}: not datasets of suite {task.name!r}; "
+                         f"available: {task.dataset_names}")
+    needed = set(wanted) | {d for members in joint.values() for d in members}
+    task.specs = {k: v for k, v in task.specs.items() if k in needed}
     task.load(need_train=True, train_limit=options.train_limit, eval_limit=options.eval_limit)
     base: BaseModel = build(cfg.model)
     device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -228,13 +262,14 @@ def run_from_config(cfg: Any) -> Path:
         base,
         task,
         options.library_dir,
-        datasets=[d for d in task.dataset_names if d in task.train],
+        datasets=[d for d in wanted if d in task.train],
         lora=LoraSettings(**OmegaConf.to_container(options.lora, resolve=True)),
         train=TrainSettings(**OmegaConf.to_container(options.train, resolve=True)),
         seed=int(cfg.seed),
         generation=GenerationSettings(batch_size=options.eval_batch_size, progress=False),
         score_base=bool(options.score_base),
         libraries_root=Path(str(cfg.paths.outputs_dir)) / "libraries",
+        joint=joint,
     )
     log.info("expert library: %s (compose it with experts=library experts.library_dir=%s)", folder, folder)
     return folder

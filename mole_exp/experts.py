@@ -4,6 +4,10 @@ An adapter is a PEFT folder (`adapter_config.json` + `adapter_model.safetensors`
 The bank holds, per adapted linear, the N experts stacked: `lora_A (N, r, d_in)`, `lora_B (N, d_out, r)`,
 `scaling (N,)`. Experts with a smaller rank are zero-padded to the largest rank (exact: padded rows and
 columns contribute nothing); an expert that does not adapt a module holds zeros there.
+
+Which adapters: the library (`experts.source`: the tiny library, a library folder, or a list of ids) and,
+out of it, the pool (`experts.pool`: random | in_domain | family | list; `select_pool`, from what
+mole_exp/expert_catalogue.py knows of each adapter's datasets and family).
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import re
 import shutil
 import warnings
@@ -24,7 +27,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from omegaconf import DictConfig, OmegaConf
 
+from mole_exp.expert_catalogue import ExpertInfo, PoolSpec, expert_info, select
 from mole_exp.hub import from_hub, is_local
 from mole_exp.io import staging_dir
 from mole_exp.models import BaseModel, weights_fingerprint
@@ -314,21 +319,6 @@ def read_library(folder: str | Path) -> tuple[list[tuple[str, str]], dict[str, A
     return entries, manifest
 
 
-def choose(entries: list[tuple[str, str]], count: int | None, selection: str, seed: int, where: str) -> list[tuple[str, str]]:
-    if selection not in SELECTIONS:
-        raise ValueError(f"experts.selection={selection!r} is not one of {list(SELECTIONS)}")
-    if count is None:
-        return list(entries)
-    if isinstance(count, bool) or not isinstance(count, int):
-        raise ValueError(f"experts.count={count!r} must be a positive integer or null (all)")
-    if not 1 <= count <= len(entries):
-        raise ValueError(f"experts.count={count} but the library at {where} holds {len(entries)} adapters (allowed 1..{len(entries)})")
-    if selection == "first":
-        return list(entries[:count])
-    rng = random.Random(seed)
-    return sorted(rng.sample(list(entries), count), key=entries.index)
-
-
 def check_manifest(manifest: dict[str, Any], base: BaseModel, where: str) -> None:
     expected = manifest.get("base_model_id")
     if expected is not None and expected != base.model_id:
@@ -358,7 +348,7 @@ def listed_ids(cfg: Any) -> list[str]:
 
 
 def precheck(cfg: Any) -> None:
-    """The experts config's own errors, found before any model is loaded (source, selection, count)."""
+    """The experts config's own errors, found before any model is loaded (source, selection, count, pool)."""
     source = cfg.get("source")
     if source not in SOURCES:
         raise ValueError(f"experts.source={source!r} is not one of {list(SOURCES)}")
@@ -371,6 +361,7 @@ def precheck(cfg: Any) -> None:
         from mole_exp.random_library import check_options
 
         check_options(cfg.get("random"))
+    PoolSpec.from_cfg(cfg)  # pool, pool_seed, family, names, exclude_scored
     if source == "list" and count is not None:
         ids = listed_ids(cfg)
         if count > len(ids):
@@ -378,17 +369,25 @@ def precheck(cfg: Any) -> None:
             raise ValueError(f"experts.count={count} but the library at {where} holds {len(ids)} adapters (allowed 1..{len(ids)})")
 
 
-def resolve_entries(cfg: Any, base: BaseModel) -> tuple[list[tuple[str, str]], dict[str, Any], str]:
-    """The adapters the experts config names, before reading any weights: [(name, source)], manifest, where."""
+def library_entries(cfg: Any, base: BaseModel | None = None) -> tuple[list[tuple[str, str]], dict[str, Any], str]:
+    """Every adapter of the experts config's library, in its order: [(name, source)], its manifest, where it is.
+
+    Without `base` nothing is loaded or generated: the tiny library's adapters are then named as it names them,
+    with the placeholder source `tiny:<name>` (their folder depends on the base)."""
     source = cfg.get("source")
     if source not in SOURCES:
         raise ValueError(f"experts.source={source!r} is not one of {list(SOURCES)}")
     manifest: dict[str, Any] = {}
     if source == "tiny":
+        if base is None:
+            names = [tiny_expert_name(i) for i in range(int(cfg.tiny.num_adapters))]
+            return [(n, f"tiny:{n}") for n in names], {"adapters": [{"name": n, "task": n} for n in names]}, str(cfg.library_dir)
         folder = ensure_tiny_library(base, cfg.library_dir, **dict(cfg.tiny))
         entries, manifest = read_library(folder)
         where = str(folder)
     elif source == "library":
+        if isinstance(cfg, DictConfig) and OmegaConf.is_missing(cfg, "library_dir"):
+            raise ValueError("experts=library needs experts.library_dir=<a folder of PEFT adapters, e.g. made by scripts/train_experts.py>")
         entries, manifest = read_library(cfg.library_dir)
         where = str(cfg.library_dir)
     elif source == "random_library":  # seeded LoRAs shaped and norm-matched like the library's (mole_exp/random_library.py)
@@ -404,9 +403,48 @@ def resolve_entries(cfg: Any, base: BaseModel) -> tuple[list[tuple[str, str]], d
             raise ValueError("experts.source=list needs experts.ids (Hub ids or folders) or experts.ids_file")
         entries = [(_short_name(i), i) for i in ids]
         where = str(ids_file or "experts.ids")
+    return entries, manifest, where
+
+
+def expert_infos(cfg: Any, entries: list[tuple[str, str]], manifest: dict[str, Any]) -> list[ExpertInfo]:
+    """What is known of each adapter: the datasets it was trained on and its family (mole_exp/expert_catalogue.py)."""
+    by_name = {a["name"]: a for a in manifest.get("adapters", [])}
+    tasks = dict(cfg.get("tasks") or {})
+    unknown = sorted(set(tasks) - {n for n, _ in entries} - {s for _, s in entries})
+    if unknown:
+        raise ValueError(f"experts.tasks names experts that are not in the library: {unknown} (keys: the experts' names or ids)")
+    return [expert_info(name, source, by_name.get(name), tasks) for name, source in entries]
+
+
+def select_pool(cfg: Any, suite_datasets: list[str] = (), scored: list[str] = ()) -> list[tuple[str, str]]:
+    """The (name, source) of every expert the config's pool composes, for a suite of `suite_datasets` scored on
+    `scored`, without loading any model (experts.pool: random | in_domain | family | list)."""
+    entries, manifest, where = library_entries(cfg)
+    chosen = select(expert_infos(cfg, entries, manifest), PoolSpec.from_cfg(cfg), list(suite_datasets), list(scored), where)
+    return [(i.name, i.source) for i in chosen]
+
+
+def unit_pool_views(cfg: Any) -> list[tuple[list[str], list[str]]]:
+    """The (suite datasets, scored datasets) each distinct expert pool of a run is selected for: one for the
+    run, or, with `experts.exclude_scored` and one fit per dataset (`composer.fit_per=dataset`), one per
+    scored dataset (each unit's pool drops only its own dataset's module)."""
+    from mole_exp.expert_catalogue import pool_datasets
+
+    suite, scored = pool_datasets(cfg)
+    composer = cfg.get("composer") or {}
+    if cfg.experts.get("exclude_scored") and composer.get("fit_per") == "dataset":
+        return [(suite, [dataset]) for dataset in scored]
+    return [(suite, scored)]
+
+
+def resolve_entries(
+    cfg: Any, base: BaseModel, suite_datasets: list[str] = (), scored: list[str] = ()
+) -> tuple[list[ExpertInfo], dict[str, Any], str]:
+    """The adapters the experts config's pool names, before reading any weights: their infos, the manifest, where."""
+    entries, manifest, where = library_entries(cfg, base)
     if manifest:
         check_manifest(manifest, base, where)
-    chosen = choose(entries, cfg.get("count"), cfg.get("selection", "first"), int(cfg.get("seed", 0)), where)
+    chosen = select(expert_infos(cfg, entries, manifest), PoolSpec.from_cfg(cfg), list(suite_datasets), list(scored), where)
     return chosen, manifest, where
 
 
@@ -414,9 +452,13 @@ def _short_name(source: str) -> str:
     return source.rstrip("/").split("/")[-1]
 
 
-def load_experts(cfg: Any, base: BaseModel) -> ExpertBank:
-    """Build the ExpertBank an `experts` config describes, validated against `base`."""
-    entries, manifest, _ = resolve_entries(cfg, base)
+def load_experts(cfg: Any, base: BaseModel, suite_datasets: list[str] = (), scored: list[str] = ()) -> ExpertBank:
+    """Build the ExpertBank an `experts` config describes, validated against `base`.
+
+    `suite_datasets` / `scored`: the dataset keys of the suite composed for and of the datasets scored, which
+    `experts.pool=in_domain` and `experts.exclude_scored` need (mole_exp.expert_catalogue.pool_datasets)."""
+    chosen, manifest, _ = resolve_entries(cfg, base, suite_datasets, scored)
+    entries = [(i.name, i.source) for i in chosen]
     adapters = []
     for name, source in entries:
         config, modules = read_adapter(source)
@@ -428,13 +470,10 @@ def load_experts(cfg: Any, base: BaseModel) -> ExpertBank:
         adapters.append((config, modules))
     bank = stack_experts([n for n, _ in entries], [s for _, s in entries], adapters, base)
     by_name = {a["name"]: a for a in manifest.get("adapters", [])}
-    task_of = dict(cfg.get("tasks") or {})  # id lists have no manifest: {expert name or id: dataset key}
-    unknown = sorted(set(task_of) - {n for n, _ in entries} - {s for _, s in entries})
-    if unknown and cfg.get("count") is None:
-        raise ValueError(f"experts.tasks names experts that are not composed: {unknown}")
     bank.manifest_entries = [
-        {**by_name.get(n, {}), **({"name": n, "task": task_of.get(n, task_of.get(s))} if (n in task_of or s in task_of) else {})}
-        for n, s in entries
+        {**by_name.get(i.name, {}), "name": i.name, "task": i.datasets[0] if len(i.datasets) == 1 else None,
+         "tasks": list(i.datasets), "family": i.family}
+        for i in chosen
     ]
     layer_range = cfg.get("layer_range")
     if layer_range is not None:
@@ -446,6 +485,10 @@ def load_experts(cfg: Any, base: BaseModel) -> ExpertBank:
 
 
 # ---------------------------------------------------------------- the tiny library (made by PEFT itself)
+
+
+def tiny_expert_name(index: int) -> str:
+    return f"tiny_expert_{index:02d}"
 
 
 def ensure_tiny_library(
@@ -471,7 +514,7 @@ def ensure_tiny_library(
     rng_state = torch.random.get_rng_state()
     try:
         for i in range(num_adapters):
-            name = f"tiny_expert_{i:02d}"
+            name = tiny_expert_name(i)
             torch.manual_seed(seed * 10_000 + i)
             peft_model = get_peft_model(
                 copy.deepcopy(base.model),

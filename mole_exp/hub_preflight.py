@@ -67,15 +67,14 @@ def model_artifacts(model_cfg: Any) -> list[Artifact]:
     return found
 
 
-def adapter_artifacts(experts_cfg: Any) -> list[Artifact]:
-    from mole_exp.experts import choose, listed_ids
+def adapter_artifacts(cfg: Any) -> list[Artifact]:
+    """The Hub adapters of the run's expert pool (every fit unit's pool, when units differ in it)."""
+    from mole_exp.experts import select_pool, unit_pool_views
 
-    if experts_cfg.get("source") != "list":
+    if cfg.experts.get("source") != "list":
         return []
-    ids = listed_ids(experts_cfg)
-    entries = [(i.rstrip("/").split("/")[-1], i) for i in ids]
-    chosen = choose(entries, experts_cfg.get("count"), experts_cfg.get("selection", "first"), int(experts_cfg.get("seed", 0)), "experts")
-    return [Artifact("adapter", source) for _, source in chosen if not is_local(source)]
+    sources = {source: None for suite, scored in unit_pool_views(cfg) for _, source in select_pool(cfg.experts, suite, scored)}
+    return [Artifact("adapter", source) for source in sources if not is_local(source)]
 
 
 def dataset_artifacts(task: Any) -> list[Artifact]:
@@ -98,7 +97,7 @@ def dataset_artifacts(task: Any) -> list[Artifact]:
 
 
 def needed_artifacts(cfg: Any, tasks: list[Any]) -> list[Artifact]:
-    found = model_artifacts(cfg.model) + adapter_artifacts(cfg.experts)
+    found = model_artifacts(cfg.model) + adapter_artifacts(cfg)
     for task in tasks:
         found += [a for a in dataset_artifacts(task) if a.repo_id not in {f.repo_id for f in found}]
     return found

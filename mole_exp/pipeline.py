@@ -31,7 +31,8 @@ from mole_exp.composers.base import Composer, SearchData
 from mole_exp.data import train_loader
 from mole_exp.evaluation.evaluator import GenerationSettings, evaluate_task, score_examples
 from mole_exp.evaluation.unit_metrics import combine_unit_results
-from mole_exp.experts import ExpertBank, load_experts
+from mole_exp.expert_catalogue import pool_datasets
+from mole_exp.experts import ExpertBank, load_experts, select_pool, unit_pool_views
 from mole_exp.experts import precheck as precheck_experts
 from mole_exp.fit_units import (
     SUITE,
@@ -51,9 +52,11 @@ from mole_exp.lit_module import ComposerLitModule, GateStatisticsWriter
 from mole_exp.logs import silence_third_party_notices
 from mole_exp.models import BaseModel
 from mole_exp.progress import StepProgressBar
+from mole_exp.protocol import dry_run_experts, run_protocol
 from mole_exp.provenance import code_version
 from mole_exp.run_folder import accept_run_folder, end_state
 from mole_exp.search_loss import ExampleLoss
+from mole_exp.tasks.base import EVAL_SUBSETS
 from mole_exp.tasks.truncation import fit_to_length
 from mole_exp.unit_store import RESUME_CHECKPOINT, has_progress, load_unit, progress_time, save_unit
 
@@ -98,6 +101,8 @@ def validate(cfg: DictConfig) -> None:
         value = cfg.data.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"data.{key}={value!r} must be a positive integer or null")
+    if cfg.data.get("eval_subset", "random") not in EVAL_SUBSETS:
+        raise ValueError(f"data.eval_subset={cfg.data.eval_subset!r} is not one of {list(EVAL_SUBSETS)}")
     precheck_experts(cfg.experts)
     build(cfg.composer, _convert_="all").check_fit_per()  # the composer's options, fit_per included
     check_fit_config(cfg)
@@ -327,11 +332,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     silence_third_party_notices()
     validate(cfg)
     if cfg.get("dry_run"):
+        pool = select_pool(cfg.experts, *pool_datasets(cfg))  # the experts' (name, id), without loading a model
         plan = describe(cfg)
         print("[dry run] " + "  ".join(f"{k}={v}" for k, v in plan.items() if k != "overrides") + f"  <- {' '.join(plan['overrides'])}")
-        return {"status": "dry_run", **plan}
-    suites = [build(cfg.task, _convert_="all")] + ([build(cfg.eval_task, _convert_="all")] if cfg.get("eval_task") else [])
-    check_hub_artifacts(cfg, suites)  # offline: one error naming every missing model, adapter and dataset
+        print(dry_run_experts(cfg, pool))
+        return {"status": "dry_run", **plan, "expert_ids": [source for _, source in pool]}
     run_dir = Path(cfg.paths.output_dir)
     resume_from = find_resumable_run(cfg, run_dir) if cfg.mode == "train" else None
     if resume_from is not None and resume_from != run_dir:
@@ -345,6 +350,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
             write_json(run_dir / RUN_STATE_FILE, {"config_hash": config_hash(cfg), "status": "running"})
         try:
+            precheck_run(cfg)
             return _run(cfg, run_dir, resume_from)
         except BaseException as error:
             if not (run_dir / METRICS_FILE).exists():
@@ -357,12 +363,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def unit_experts(cfg: DictConfig, base: BaseModel, unit: FitUnit, loaded: dict[Any, ExpertBank]) -> ExpertBank:
-    """The experts a fit unit composes. Every unit shares the run's bank (it depends on the experts config
-    alone); this is the one place where a pool that depends on the unit's scored datasets would be resolved:
-    key `loaded` by the unit's resolved expert list, so that each distinct bank loads once."""
-    key = "run"
+    """The experts a fit unit composes: the run's pool, or, with `experts.exclude_scored` and one fit per
+    dataset, a pool without the module of the unit's own dataset. Each distinct pool loads once (`loaded`
+    is keyed by its expert names)."""
+    suite, scored = pool_datasets(cfg)
+    if unit.scope != SUITE and cfg.experts.get("exclude_scored"):
+        scored = list(unit.scored_datasets)
+    key = tuple(name for name, _ in select_pool(cfg.experts, suite, scored))
     if key not in loaded:
-        loaded[key] = load_experts(cfg.experts, base)
+        loaded[key] = load_experts(cfg.experts, base, suite, scored)
     return loaded[key]
 
 
@@ -425,6 +434,15 @@ def unit_summary(record: dict[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in record.items() if k != "results"}, "metrics": record["results"]["metrics"]}
 
 
+def precheck_run(cfg: DictConfig) -> None:
+    """The checks that need the expert library's list or the Hub cache, made once the run folder records the
+    config (so that a sweep lists a member failing here) and before any model or data loads."""
+    for suite, scored in unit_pool_views(cfg):  # an unknown pool or family, too small a family, unknown names
+        select_pool(cfg.experts, suite, scored)
+    suites = [build(cfg.task, _convert_="all")] + ([build(cfg.eval_task, _convert_="all")] if cfg.get("eval_task") else [])
+    check_hub_artifacts(cfg, suites)  # offline: one error naming every missing model, adapter and dataset
+
+
 def _run(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str, Any]:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
@@ -477,7 +495,7 @@ def _run(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str, 
 
     results = combine_unit_results(eval_task.name, units, {unit_id: record["results"] for unit_id, record in records.items()})
     first = records[units[0].id]
-    bank = next(iter(banks.values())) if banks else load_experts(cfg.experts, base)
+    bank = next(iter(banks.values())) if banks else load_experts(cfg.experts, base, *pool_datasets(cfg))
     report = {k: first[k] for k in ("search", "train", "checkpoint", "export") if k in first} if flat else {}
     metrics = {
         **results,
@@ -496,6 +514,7 @@ def _run(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str, 
         "code_version": code_version(),
         "overrides": list(cfg.get("overrides") or []),
         "protocol": {
+            **run_protocol(cfg, bank, task, eval_task),
             "fit_per": composer.fit_per,
             "search_seeds": getattr(composer, "search_seeds", None),
             "fit_units": [unit.id for unit in units],

@@ -141,9 +141,9 @@ def test_two_identical_mixer_runs_give_the_same_metrics_and_router_weights(tmp_p
 
     original = pipeline.load_experts
 
-    def load_and_draw(cfg, base):  # a process that drew random numbers before composing (another loader, another run)
+    def load_and_draw(*args, **kwargs):  # a process that drew random numbers before composing (another loader, another run)
         torch.randn(1000)
-        return original(cfg, base)
+        return original(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "load_experts", load_and_draw)
     second = run(compose_cfg(overrides, output_dir=tmp_path / "second"))

@@ -224,3 +224,16 @@ def test_train_experts_config_end_to_end(tmp_path):
     manifest = json.loads((folder / MANIFEST).read_text())
     assert [a["name"] for a in manifest["adapters"]] == ["add"] and manifest["adapters"][0]["rank"] == 2
     assert manifest["base_model_id"].startswith("tiny-t5-")
+
+
+def test_joint_adapters_are_named_and_checked():
+    from mole_exp.expert_training import adapter_plan
+
+    task = synthetic_task(("reverse", "shift", "add"))
+    assert adapter_plan(task, ["add"], {"both": ["reverse", "shift"]}) == [("add", ["add"]), ("both", ["reverse", "shift"])]
+    with pytest.raises(ValueError, match=r"experts_training.joint.both=\['reverse', 'sort'\]: .*unknown \['sort'\]"):
+        adapter_plan(task, [], {"both": ["reverse", "sort"]})
+    with pytest.raises(ValueError, match="the name 'add' is a dataset's"):
+        adapter_plan(task, [], {"add": ["reverse", "shift"]})
+    with pytest.raises(ValueError, match="nothing to train"):
+        adapter_plan(task, [], {})

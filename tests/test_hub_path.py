@@ -43,7 +43,7 @@ def test_default_hub_ids_resolve_from_a_local_cache(tmp_path, hub_cache):
     cache, hub_ids = hub_cache
     run_dir = tmp_path / "run"
     result = run_train(
-        ["task=nli", "task.only=[wnli]", "experts.count=3", "experts.selection=first", "trainer.max_steps=2",
+        ["task=nli", "task.only=[wnli]", "experts.pool=list", "experts.pool=list", "experts.count=3", "trainer.max_steps=2",
          "data.eval_limit=4", "data.train_limit=8", "data.batch_size=4", "generation.progress=false",
          f"paths.data_dir={DATA_DIR}", f"hydra.run.dir={run_dir}"],
         {"HF_HUB_CACHE": str(cache)},
@@ -78,13 +78,15 @@ def offline_run_missing_four(tmp_path, hub_cache, monkeypatch):
     for hub_id in hub_ids[1:]:
         shutil.rmtree(cache / f"models--{hub_id.replace('/', '--')}")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    cfg = compose_cfg(["task=nli", "task.only=[wnli]", "task.source=hub", "experts.count=3", "experts.selection=first",
+    cfg = compose_cfg(["task=nli", "task.only=[wnli]", "task.source=hub", "experts.pool=list", "experts.count=3",
                        f"paths.data_dir={tmp_path / 'no_shared_data'}"], output_dir=tmp_path / "run")
     started = time.perf_counter()
     with pytest.raises(HubUnavailableError) as caught:
         run(cfg)
     elapsed = time.perf_counter() - started
-    assert not (tmp_path / "run").exists()  # refused before any folder or file
+    state = json.loads((tmp_path / "run" / "run_state.json").read_text())  # the folder records why (a sweep lists it)
+    assert state["status"] == "failed" and "HubUnavailableError" in state["error"]
+    assert not (tmp_path / "run" / "metrics.json").exists()
     return str(caught.value), elapsed, hub_ids
 
 

@@ -99,10 +99,10 @@ def test_bbh_answer_extraction(generation, answer):
     assert bbh_answer(generation) == answer
 
 
-def test_bbh_em_compares_letters_and_free_form_answers():
+def test_bbh_em_strict_compares_letters_and_free_form_answers():
     predictions = ["(A)", "the answer is (B).", "True", "(C)", "false", "So the answer is No."]
     references = [["(A)"], ["(B)"], ["True"], ["(D)"], ["False"], ["No"]]
-    values = get_metric("bbh_em").fn(predictions, references)
+    values = get_metric("bbh_em").fn(predictions, references, normalization="strict")
     assert values["em"] == pytest.approx(100 * 4 / 6)  # "(C)" != "(D)"; case matters: "false" != "False"
 
 

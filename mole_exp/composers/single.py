@@ -1,8 +1,9 @@
 """Single expert: W' = W + s_k B_k A_k for one chosen expert k (paper Table 4's per-dataset LoRA).
 
 `expert: <name or index>` merges that expert once. `expert: matched` merges, before each evaluated
-dataset, the expert whose library manifest entry has `task` equal to the dataset's name (restoring the
-base first, in place), so each dataset is evaluated with its own LoRA.
+dataset, the expert trained on it (its library manifest entry's `task`, or `tasks`; LoRAHub modules: the
+packaged map, mole_exp/expert_catalogue.py), restoring the base first, in place, so each dataset is
+evaluated with its own LoRA.
 """
 
 from __future__ import annotations
@@ -41,8 +42,7 @@ class SingleComposer(StaticComposer):
     def compose(self, base: BaseModel, bank: ExpertBank) -> list[nn.Parameter]:
         if self.matched:
             for index, entry in enumerate(bank.manifest_entries or []):
-                task = entry.get("task")
-                if task is not None:
+                for task in entry.get("tasks") or ([entry["task"]] if entry.get("task") else []):
                     if task in self.task_to_index:
                         other = bank.names[self.task_to_index[task]]
                         raise ValueError(f"composer.expert=matched: experts {other!r} and {bank.names[index]!r} both have task {task!r}")

@@ -59,7 +59,8 @@ def score_examples(model, tokenizer, task, examples: list[dict[str, Any]], setti
     for dataset, rows in by_dataset.items():
         spec = task.specs[dataset]
         predictions = generate(model, tokenizer, [e["source"] for e in rows], settings.max_new_tokens or spec.max_new_tokens, settings, desc=dataset)
-        values.append(score(spec.metric, predictions, [e["references"] for e in rows])[0][get_metric(spec.metric).primary])
+        references = [e["references"] for e in rows]
+        values.append(score(spec.metric, predictions, references, spec.normalization)[0][get_metric(spec.metric).primary])
     return sum(values) / len(values)
 
 
@@ -87,7 +88,7 @@ def evaluate_task(
         max_new_tokens = settings.max_new_tokens or spec.max_new_tokens
         predictions = generate(model, tokenizer, [e["source"] for e in examples], max_new_tokens, settings, desc=dataset)
         references = [e["references"] for e in examples]
-        values, extra = score(spec.metric, predictions, references)
+        values, extra = score(spec.metric, predictions, references, spec.normalization)
         metric = get_metric(spec.metric)
         for name, value in values.items():
             key = metric_key(split, dataset, name)

@@ -24,20 +24,21 @@ def metric_key(split: str, dataset: str, metric: str) -> str:
 @dataclass(frozen=True)
 class Metric:
     name: str
-    fn: Callable[[list[str], list[list[str]]], dict[str, float]]
+    fn: Callable[..., dict[str, float]]
     higher_is_better: dict[str, bool]
     primary: str  # the value a suite average uses
     extras: Callable[[list[str], list[list[str]]], dict[str, Any]] | None = None
+    normalizations: tuple[str, ...] = ()  # exact-match metrics: the normalisations `fn(..., normalization=)` takes, default first
 
 
 METRICS: dict[str, Metric] = {}
 
 
-def register_metric(name: str, outputs: dict[str, bool], primary: str, extras=None):
+def register_metric(name: str, outputs: dict[str, bool], primary: str, extras=None, normalizations: tuple[str, ...] = ()):
     def register(fn):
         if name in METRICS:
             raise ValueError(f"metric {name!r} registered twice")
-        METRICS[name] = Metric(name, fn, outputs, primary, extras)
+        METRICS[name] = Metric(name, fn, outputs, primary, extras, normalizations)
         return fn
 
     return register
@@ -56,14 +57,6 @@ def _check(predictions: list[str], references: list[list[str]]) -> None:
         raise ValueError("cannot score an empty evaluation set")
 
 
-@register_metric("exact_match", {"em": True}, "em")
-def exact_match(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
-    """Exact string match after stripping whitespace (classification: the option string)."""
-    _check(predictions, references)
-    hits = sum(any(p.strip() == r.strip() for r in refs) for p, refs in zip(predictions, references, strict=True))
-    return {"em": 100.0 * hits / len(predictions)}
-
-
 def squad_normalize(text: str) -> str:
     """SQuAD's answer normalisation: lower case, drop punctuation and articles, squeeze whitespace."""
     text = text.lower()
@@ -72,12 +65,32 @@ def squad_normalize(text: str) -> str:
     return " ".join(text.split())
 
 
-@register_metric("squad_em", {"em": True}, "em")
-def squad_exact_match(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
-    """Exact match after SQuAD normalisation against any gold alias (closed-book QA)."""
+def lorahub_normalize(text: str) -> str:
+    """LoRAHub's exact-match normalisation (lorahub==0.1.0, `lorahub_inference`'s accuracy_score):
+    `text.strip().lower().replace(".", "")`: case-folded, every period dropped, nothing else."""
+    return text.strip().lower().replace(".", "")
+
+
+# the exact-match normalisations, by name (task.em_normalization; recorded in metrics.json's protocol)
+EM_NORMALIZATIONS: dict[str, Callable[[str], str]] = {"strict": str.strip, "lorahub": lorahub_normalize, "squad": squad_normalize}
+
+
+def _matches(predictions: list[str], references: list[list[str]], normalize: Callable[[str], str]) -> float:
     _check(predictions, references)
-    hits = sum(any(squad_normalize(p) == squad_normalize(r) for r in refs) for p, refs in zip(predictions, references, strict=True))
-    return {"em": 100.0 * hits / len(predictions)}
+    hits = sum(any(normalize(p) == normalize(r) for r in refs) for p, refs in zip(predictions, references, strict=True))
+    return 100.0 * hits / len(predictions)
+
+
+@register_metric("exact_match", {"em": True}, "em", normalizations=("strict", "lorahub", "squad"))
+def exact_match(predictions: list[str], references: list[list[str]], normalization: str = "strict") -> dict[str, float]:
+    """Exact string match, by default after stripping whitespace only (classification: the option string)."""
+    return {"em": _matches(predictions, references, EM_NORMALIZATIONS[normalization])}
+
+
+@register_metric("squad_em", {"em": True}, "em", normalizations=("squad", "strict", "lorahub"))
+def squad_exact_match(predictions: list[str], references: list[list[str]], normalization: str = "squad") -> dict[str, float]:
+    """Exact match against any gold alias, by default after SQuAD normalisation (closed-book QA)."""
+    return {"em": _matches(predictions, references, EM_NORMALIZATIONS[normalization])}
 
 
 BBH_LETTER = re.compile(r"^\(?([A-R])\)?(?=$|[\s.:,])")  # "(A)", "(A) text", "A", "A." (BBH has options A-R)
@@ -98,11 +111,30 @@ def bbh_answer(prediction: str) -> str:
     return text
 
 
-@register_metric("bbh_em", {"em": True}, "em")
-def bbh_exact_match(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
-    _check(predictions, references)
-    hits = sum(any(bbh_answer(p) == r.strip() for r in refs) for p, refs in zip(predictions, references, strict=True))
-    return {"em": 100.0 * hits / len(predictions)}
+@register_metric("bbh_em", {"em": True}, "em", normalizations=("lorahub", "strict"))
+def bbh_exact_match(predictions: list[str], references: list[list[str]], normalization: str = "lorahub") -> dict[str, float]:
+    """BBH exact match. `lorahub` (default): LoRAHub's scorer, the whole generation against the target, both
+    stripped, lower-cased and without periods (`(a)` = `(A).`, `yes` = `Yes`). `strict`: the BBH answer
+    (`bbh_answer`: after "the answer is", a multiple-choice answer in its "(B)" form) equal to the target as written."""
+    if normalization == "strict":
+        _check(predictions, references)
+        hits = sum(any(bbh_answer(p) == r.strip() for r in refs) for p, refs in zip(predictions, references, strict=True))
+        return {"em": 100.0 * hits / len(predictions)}
+    return {"em": _matches(predictions, references, EM_NORMALIZATIONS[normalization])}
+
+
+def normalization_for(metric_name: str, requested: str | None, where: str = "task.em_normalization") -> str | None:
+    """The exact-match normalisation a metric uses: `requested`, or the metric's default; None for metrics
+    that are not exact match (BLEU, ROUGE). An unknown or unsupported name raises, naming what is allowed."""
+    metric = get_metric(metric_name)
+    if not metric.normalizations:
+        return None
+    if requested is None:
+        return metric.normalizations[0]
+    if requested not in metric.normalizations:
+        known = "" if requested in EM_NORMALIZATIONS else f" (known normalisations: {sorted(EM_NORMALIZATIONS)})"
+        raise ValueError(f"{where}={requested!r}: metric {metric_name} takes one of {list(metric.normalizations)}{known}")
+    return requested
 
 
 def _reference_streams(references: list[list[str]]) -> list[list[str]]:
@@ -146,9 +178,12 @@ def rouge(predictions: list[str], references: list[list[str]]) -> dict[str, floa
     return {name: 100.0 * totals[name] / len(predictions) for name in ("rouge1", "rouge2", "rougeL")}
 
 
-def score(metric_name: str, predictions: list[str], references: list[list[str]]) -> tuple[dict[str, float], dict[str, Any]]:
-    """(values, extras) of a registered metric."""
+def score(
+    metric_name: str, predictions: list[str], references: list[list[str]], normalization: str | None = None
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """(values, extras) of a registered metric; `normalization`: an exact-match metric's (None: its default)."""
     metric = get_metric(metric_name)
-    values = metric.fn(predictions, references)
+    normalization = normalization_for(metric_name, normalization, "normalization")
+    values = metric.fn(predictions, references, normalization=normalization) if normalization else metric.fn(predictions, references)
     extras = metric.extras(predictions, references) if metric.extras else {}
     return values, extras

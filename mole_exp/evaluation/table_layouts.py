@@ -8,7 +8,7 @@ the datasets our runs evaluated that the paper's table lacks; columns are varian
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mole_exp.evaluation.metrics import AVERAGE, metric_key
 from mole_exp.evaluation.paper import AVERAGE_ROW, PaperValue, our_dataset, paper_suite, paper_table
@@ -28,6 +28,7 @@ TABLE3_SUITES = ("translation", "struct2text", "cbqa", "bbh", "nli")
 DATASET = "dataset"  # the row holds test/<dataset>/<metric>
 SUITE_AVERAGE = "suite average"  # the row holds test/<the run's task>/avg
 MEAN_OF_ROWS = "mean of rows"  # the row holds the mean of the paper's rows above it (Table 6)
+ROWS_AVERAGE = "average of the table's rows"  # per run: the mean of its values of the table's dataset rows (`members`)
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,16 @@ class Row:
     paper_dataset: str | None = None  # the row's dataset in the paper's CSV; None: the paper's table has no such row
     paper_metric: str | None = None
     experts_count: int | None = None  # Table 6: only runs that composed this many experts
+    members: tuple[tuple[str, str], ...] = ()  # ROWS_AVERAGE: the (dataset, metric) of the rows it averages
 
     def key(self, run: Run) -> str:
         """The metrics.json key of this row's value in a run."""
-        if self.kind == SUITE_AVERAGE:
+        if self.kind in (SUITE_AVERAGE, ROWS_AVERAGE):
             return metric_key(SPLIT, run.eval_task, AVERAGE)
         return metric_key(SPLIT, self.dataset, self.metric)
+
+    def member_keys(self) -> list[str]:
+        return [metric_key(SPLIT, dataset, metric) for dataset, metric in self.members]
 
     def holds(self, run: Run) -> bool:
         return paper_suite(run.eval_task) == self.suite and (self.experts_count is None or run.experts_count == self.experts_count)
@@ -70,7 +75,11 @@ def extra_rows(suite: str, known: set[tuple[str, str]], suite_metrics: list[str]
 
 
 def paper_rows(table: str, runs: list[Run]) -> list[Row]:
-    """The paper table's rows in its order; datasets only our runs have go before their suite's average."""
+    """The paper table's rows in its order; datasets only our runs have go before their suite's average.
+
+    A suite's average row is the table's own definition (`ROWS_AVERAGE`): per run, the mean of every metric of
+    the paper's dataset rows of that suite (e.g. Table 3's NLI average: ANLI-R1/R2/R3 and QNLI, not WNLI, which
+    the NLI suite also scores; struct-to-text: the 12 ROUGE-1/2/L values of its four datasets)."""
     rows: list[Row] = []
     for value in paper_table(table):
         row = row_of_paper_value(value)
@@ -78,11 +87,33 @@ def paper_rows(table: str, runs: list[Run]) -> list[Row]:
             rows.append(row)
     for suite in dict.fromkeys(r.suite for r in rows):
         datasets = [r for r in rows if r.suite == suite and r.kind == DATASET]
+        members = tuple((r.dataset, r.metric) for r in datasets)
+        rows = [replace(r, kind=ROWS_AVERAGE, members=members) if r.suite == suite and r.kind == SUITE_AVERAGE else r for r in rows]
         metrics = list(dict.fromkeys(r.metric for r in datasets))
         extras = extra_rows(suite, {(r.dataset, r.metric) for r in datasets}, metrics, runs)
         end = rows.index(datasets[-1]) + 1
         rows[end:end] = extras
     return rows
+
+
+def average_definition(table: str) -> str:
+    """How this table's average rows are computed, for the note under the table."""
+    parts = []
+    for suite, values in groupby_suite(paper_table(table)).items():
+        datasets = list(dict.fromkeys(v.dataset for v in values if not v.is_average))
+        if any(v.is_average for v in values) and not any(d.startswith("n_experts=") for d in datasets):
+            metrics = sorted({v.metric for v in values if not v.is_average})
+            parts.append(f"{suite}: the mean of {'/'.join(metrics)} over its {len(datasets)} dataset rows "
+                         f"({', '.join(our_dataset(d) for d in datasets)})")
+    return ("Average rows follow the paper's definition, the mean of the table's own rows, per run then over seeds: "
+            + "; ".join(parts) + ". Datasets our runs also scored (rows marked not in paper table) are left out of it.")
+
+
+def groupby_suite(values: list[PaperValue]) -> dict[str, list[PaperValue]]:
+    grouped: dict[str, list[PaperValue]] = {}
+    for value in values:
+        grouped.setdefault(value.suite, []).append(value)
+    return grouped
 
 
 def count_rows(table: str, runs: list[Run]) -> list[Row]:
@@ -181,25 +212,26 @@ LAYOUTS: dict[str, Layout] = {
     layout.name: layout
     for layout in (
         Layout("table3", "Table 3: composers on five suites (translation BLEU, struct2text ROUGE-1/2/L, closed-book QA EM, BBH EM, NLI EM)",
-               1, select_table3, paper_rows, variant_label, methods_by_name,
-               ("Ours' averages are metrics.json's test/<task>/avg: the mean of every metric of every evaluated dataset "
-                "(struct2text: all ROUGE-1/2/L numbers), as the paper's averages are.",)),
+               1, select_table3, paper_rows, variant_label, methods_by_name, (average_definition("table3"),)),
         Layout("table4", "Table 4: each NLI dataset with its own single LoRA vs NLA of the NLI LoRAs (EM)",
                2, select_table4, paper_rows, variant_label, table4_method,
-               (f"single_lora: the composer named {' or '.join(SINGLE_LORA_COMPOSERS)} (composer.expert=matched).",)),
+               (f"single_lora: the composer named {' or '.join(SINGLE_LORA_COMPOSERS)} (composer.expert=matched).",
+                average_definition("table4"))),
         Layout("table5", "Table 5: one LoRA applied to a slice of its layers (experts.layer_range) vs the full LoRA (EM)",
                2, select_table5, paper_rows, layer_slice_label, methods_by_name,
                ("full_lora: runs of the same settings as the sliced ones, without experts.layer_range.",)),
         Layout("table6", "Table 6: number of LoRAs composed (experts.count) vs average BBH EM",
                1, select_table6, count_rows, variant_label, methods_by_name,
-               ("Each row is metrics.json's test/<task>/avg of the runs that composed that many experts; the average "
-                "row is the mean over the paper's counts (8, 24, 48, 128) and needs all four.",)),
+               ("Average: each row is metrics.json's test/<task>/avg of the runs that composed that many experts (the mean "
+                "of their evaluated BBH tasks: Table 3's seven with task=bbh_paper); the average row is the mean over "
+                "the paper's counts (8, 24, 48, 128) and needs all four.",)),
         Layout("table7", "Table 7: gating balance: NLA, MoLE, MoLE without L_balance (α=0), MoLE with fixed raised τ (EM)",
                2, select_table7, paper_rows, variant_label, table7_method,
-               ("The paper does not give τ1 < τ2 < τ3; runs with α=0 and a fixed τ are matched to them by rank.",)),
+               ("The paper does not give τ1 < τ2 < τ3; runs with α=0 and a fixed τ are matched to them by rank.",
+                average_definition("table7"))),
         Layout("table8", "Table 8: composers optimised on NLI, evaluated on BBH (EM)",
                1, select_table8, paper_rows, variant_label, methods_by_name,
-               ("Runs with task nli and a BBH eval_task (e.g. eval_task=bbh_table8).",)),
+               ("Runs with task nli and a BBH eval_task (e.g. eval_task=bbh_table8).", average_definition("table8"))),
     )
 }
 

@@ -19,7 +19,7 @@ from typing import Any
 from mole_exp.evaluation.paper import PaperValue, flagged_averages, paper_table
 from mole_exp.evaluation.run_results import Run, differing_keys
 from mole_exp.evaluation.table_columns import short_differences
-from mole_exp.evaluation.table_layouts import DATASET, LAYOUTS, MEAN_OF_ROWS, SUITE_AVERAGE, Layout, Row
+from mole_exp.evaluation.table_layouts import DATASET, LAYOUTS, MEAN_OF_ROWS, ROWS_AVERAGE, SUITE_AVERAGE, Layout, Row
 
 LISTED = 6  # datasets named in a caveat before "and N more"
 
@@ -68,7 +68,26 @@ def average_caveats(cell: Cell, paper_datasets: set[str]) -> list[str]:
     return caveats
 
 
+def rows_average(row: Row, run: Run) -> tuple[float | None, frozenset[str]]:
+    """A run's value of a ROWS_AVERAGE row: the mean of its values of the rows it averages, and their datasets."""
+    found = [(dataset, run.value(key)) for (dataset, _), key in zip(row.members, row.member_keys(), strict=True)]
+    values = [v for _, v in found if v is not None]
+    return (sum(values) / len(values) if values else None), frozenset(d for d, v in found if v is not None)
+
+
+def rows_average_caveats(row: Row, cell: Cell) -> list[str]:
+    wanted = {dataset for dataset, _ in row.members}
+    lacking = wanted - cell.coverage
+    if not lacking:
+        return []
+    skipped = {d: r.skipped[d] for r in cell.runs for d in lacking if d in r.skipped}
+    why = f" (skipped: {named(set(skipped))})" if skipped else ""
+    return [f"the mean of {len(cell.coverage)} of the table's {len(wanted)} datasets: without {named(lacking)}{why}"]
+
+
 def absent_reason(run: Run, row: Row) -> tuple[str, str]:
+    if row.kind == ROWS_AVERAGE:
+        return "not evaluated", f"metrics.json has none of this average's rows ({named({d for d, _ in row.members})})"
     if row.dataset in run.skipped:
         return "skipped", f"{row.dataset} skipped: {run.skipped[row.dataset]}"
     return "not evaluated", f"metrics.json has no {row.key(run)}"
@@ -78,17 +97,22 @@ def run_cell(row: Row, members: list[Run], paper_datasets: set[str]) -> Cell:
     in_row = [r for r in members if row.holds(r)]
     cell = Cell(failed=[r for r in in_row if not r.completed])
     absent = []
+    covered = []
     for run in (r for r in in_row if r.completed):
-        value = run.value(row.key(run))
+        value, datasets = rows_average(row, run) if row.kind == ROWS_AVERAGE else (run.value(row.key(run)), frozenset())
         if value is None:
             absent.append(absent_reason(run, row))
         else:
             cell.values.append(value)
             cell.runs.append(run)
+            covered.append(datasets)
     caveats = []
     if row.kind == SUITE_AVERAGE and cell.runs:
         cell.coverage = frozenset.intersection(*(r.evaluated for r in cell.runs))
         caveats += average_caveats(cell, paper_datasets)
+    if row.kind == ROWS_AVERAGE and cell.runs:
+        cell.coverage = frozenset.intersection(*covered)
+        caveats += rows_average_caveats(row, cell)
     if cell.values and absent:
         caveats.append(f"{len(absent)} more run(s) lack it: " + "; ".join(dict.fromkeys(text for _, text in absent)))
     cell.caveat = "; ".join(caveats) or None

@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mole_exp.evaluation.metrics import normalization_for
 from mole_exp.tasks.templates import fill_template
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("auto", "local", "hub")
 MIXTURES = ("proportional", "capped")
+EVAL_SUBSETS = ("random", "first")  # how `eval_limit` picks a dataset's evaluation examples
 
 # loader(name, source, data_dir, seed, **args) -> LoadedSplits
 LOADERS: dict[str, Callable[..., LoadedSplits]] = {}
@@ -58,6 +60,7 @@ class DatasetSpec:
     template_index: int = 0
     max_new_tokens: int = 16
     args: dict[str, Any] = field(default_factory=dict)
+    normalization: str | None = None  # exact-match metrics: the normalisation (None: the suite's em_normalization)
 
 
 def local_file(data_dir: str | Path, relative: str, hub_id: str) -> Path:
@@ -69,6 +72,19 @@ def local_file(data_dir: str | Path, relative: str, hub_id: str) -> Path:
             f"or use the Hub copy with task.source=hub (dataset {hub_id!r})"
         )
     return path
+
+
+def eval_subset(rows: list[dict[str, Any]], limit: int | None, how: str, split_seed: int, dataset: str) -> list[dict[str, Any]]:
+    """At most `limit` of a dataset's evaluation rows: a random subset seeded by (split_seed, dataset), kept in
+    the rows' order (`random`), or the first `limit` (`first`). The same whatever the run's seed."""
+    if how not in EVAL_SUBSETS:
+        raise ValueError(f"data.eval_subset={how!r} is not one of {list(EVAL_SUBSETS)}")
+    if not limit or limit >= len(rows):
+        return list(rows)
+    if how == "first":
+        return list(rows[:limit])
+    chosen = sorted(random.Random(f"{split_seed}:{dataset}").sample(range(len(rows)), limit))
+    return [rows[i] for i in chosen]
 
 
 def carve(rows: list[dict[str, Any]], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -94,12 +110,23 @@ class Task:
         seed: int = 0,
         only: list[str] | None = None,
         args: dict[str, Any] | None = None,
+        split_seed: int = 0,
+        eval_subset: str = "random",
+        em_normalization: str | None = None,
     ):
+        """`seed` (the run's) orders the training mixture; `split_seed` alone carves local train/eval splits and
+        picks `eval_limit` subsets (`eval_subset`), so the evaluated examples do not move with the run's seed.
+        `em_normalization`: the exact-match normalisation of the suite's EM metrics (None: each metric's own)."""
         if source not in SOURCES:
             raise ValueError(f"task.source={source!r} is not one of {list(SOURCES)}")
+        if eval_subset not in EVAL_SUBSETS:
+            raise ValueError(f"data.eval_subset={eval_subset!r} is not one of {list(EVAL_SUBSETS)}")
+        if isinstance(split_seed, bool) or not isinstance(split_seed, int):
+            raise ValueError(f"data.split_seed={split_seed!r} must be an integer")
         if source == "auto":  # the local copy when it is there, else the Hub
             source = "local" if data_dir and Path(data_dir).is_dir() else "hub"
         self.name, self.source, self.data_dir, self.seed = name, source, data_dir, int(seed)
+        self.split_seed, self.eval_subset = int(split_seed), eval_subset
         self.template_version, self.options_style = template_version, options_style
         self.args = dict(args or {})  # loader args shared by every dataset of the suite; a dataset's own args win
         self.specs = {key: DatasetSpec(name=key, **dict(spec)) for key, spec in datasets.items()}
@@ -113,6 +140,9 @@ class Task:
             if unknown:
                 raise ValueError(f"task.only={unknown}: not datasets of suite {name!r}; available: {list(self.specs)}")
             self.specs = {k: v for k, v in self.specs.items() if k in only}
+        for spec in self.specs.values():  # exact-match metrics: the normalisation, checked before anything loads
+            spec.normalization = normalization_for(spec.metric, spec.normalization or em_normalization,
+                                                   f"task.datasets.{spec.name}.normalization" if spec.normalization else "task.em_normalization")
         self.train: dict[str, list[dict[str, Any]]] = {}
         self.test: dict[str, list[dict[str, Any]]] = {}
         self.notes: dict[str, str] = {}
@@ -126,7 +156,7 @@ class Task:
         for key, spec in self.specs.items():
             try:
                 splits = LOADERS[spec.loader](
-                    name=key, source=self.source, data_dir=self.data_dir, seed=self.seed, **{**self.args, **dict(spec.args)}
+                    name=key, source=self.source, data_dir=self.data_dir, seed=self.split_seed, **{**self.args, **dict(spec.args)}
                 )
             except DataUnavailableError as error:
                 log.warning("dataset %s skipped: %s", key, error)
@@ -137,7 +167,7 @@ class Task:
             if need_train and not splits.train:
                 raise ValueError(f"dataset {key}: the training split is empty")
             train = splits.train[:train_limit] if train_limit else splits.train
-            test = splits.test[:eval_limit] if eval_limit else splits.test
+            test = eval_subset(splits.test, eval_limit, self.eval_subset, self.split_seed, key)
             self.train[key] = [self.render(spec, row) for row in train]
             self.test[key] = [self.render(spec, row) for row in test]
             self.notes[key] = splits.note

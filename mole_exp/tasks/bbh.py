@@ -49,6 +49,7 @@ BBH_TASKS = (
 )
 COT_SOURCE = "suzgunmirac/BIG-Bench-Hard (GitHub), cot-prompts/"
 EXEMPLAR_BREAK = "\n\nQ: "
+PROMPTS = ("input", "lorahub")  # zero-shot prompt forms (see the module docstring)
 
 
 def cot_prompt(path: Path, shots: int) -> str:
@@ -62,8 +63,13 @@ def cot_prompt(path: Path, shots: int) -> str:
     return EXEMPLAR_BREAK.join([description.strip(), *exemplars[:shots]])
 
 
-def bbh_row(question: str, target: str, prompt: str | None) -> dict[str, Any]:
-    source = question if prompt is None else f"{prompt}{EXEMPLAR_BREAK}{question}\nA: Let's think step by step."
+def bbh_row(question: str, target: str, prompt: str | None, chain_of_thought: bool = True) -> dict[str, Any]:
+    """A BBH row: the question alone (`prompt` None), or after `prompt` (a task description, and exemplars)
+    as "Q: <question>\nA:", with "Let's think step by step." when `chain_of_thought`."""
+    if prompt is None:
+        source = question
+    else:
+        source = f"{prompt}{EXEMPLAR_BREAK}{question}\nA:" + (" Let's think step by step." if chain_of_thought else "")
     target = str(target).strip()
     return {"source": source, "target": target, "answers": [target]}
 
@@ -71,7 +77,9 @@ def bbh_row(question: str, target: str, prompt: str | None) -> dict[str, Any]:
 def _prompt_file(data_dir: str | None, task: str) -> Path:
     path = Path(data_dir or ".") / "bbh" / "cot-prompts" / f"{task}.txt"
     if not path.exists():
-        raise FileNotFoundError(f"BBH chain-of-thought prompt {path} does not exist: shots>0 needs the prompts of {COT_SOURCE} under data_dir")
+        raise FileNotFoundError(
+            f"BBH chain-of-thought prompt {path} does not exist: shots>0 and prompt=lorahub need the prompts of {COT_SOURCE} under data_dir"
+        )
     return path
 
 
@@ -85,20 +93,25 @@ def load_bbh(
     shots: int = 0,
     eval_fraction: float = 0.8,
     hub_id: str = "lukaemon/bbh",
+    prompt: str = "input",
 ) -> LoadedSplits:
     task = task or name
     if task not in BBH_TASKS:
         raise ValueError(f"BBH task {task!r} does not exist; the 27 tasks: {list(BBH_TASKS)}")
     if not 0 <= int(shots) <= 3:
         raise ValueError(f"BBH shots={shots}: 0 (zero-shot, the default) to 3 (the full chain-of-thought prompt)")
-    prompt = cot_prompt(_prompt_file(data_dir, task), int(shots)) if shots else None
+    if prompt not in PROMPTS:
+        raise ValueError(f"BBH prompt={prompt!r} is not one of {list(PROMPTS)} (task.args.prompt)")
+    if shots and prompt != "input":
+        raise ValueError(f"BBH prompt={prompt!r} is a zero-shot form; shots={shots} uses the chain-of-thought prompt")
+    description = cot_prompt(_prompt_file(data_dir, task), int(shots)) if shots or prompt == "lorahub" else None
     if source == "hub":
         examples, origin = hub_rows(hub_id, task, "test"), f"hub {hub_id} ({task})"
     else:
         examples, origin = file_rows("json", local_file(data_dir, f"bbh/data/{task}.json", f"{hub_id} ({task})"), field="examples"), "local"
-    rows = [bbh_row(e["input"], e["target"], prompt) for e in examples]
+    rows = [bbh_row(e["input"], e["target"], description, chain_of_thought=bool(shots)) for e in examples]
     train, test = carve(rows, eval_fraction, seed)
-    style = f"{shots}-shot chain-of-thought prompt" if shots else "zero-shot inputs"
+    style = f"{shots}-shot chain-of-thought prompt" if shots else ("zero-shot, LoRAHub's prompt" if prompt == "lorahub" else "zero-shot inputs")
     return LoadedSplits(
         train,
         test,
