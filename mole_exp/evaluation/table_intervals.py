@@ -9,7 +9,8 @@ compared with the reference's cell: runs paired by seed (one run each: paired as
 paired by dataset and input, the difference's interval by the paired bootstrap; ↑ marks a cell
 significantly better than the reference (the interval of the difference excludes 0, in the direction of
 higher_is_better), ↓ significantly worse. A suite-average row resamples every metric of every dataset the
-runs evaluated (the definition of `test/<suite>/avg`); an interval is shown only where the value recomputed
+runs evaluated (the definition of `test/<suite>/avg`), a table's own average row the metrics of its dataset
+rows; an interval is shown only where the value recomputed
 from predictions.jsonl equals the cell's value, otherwise the cell says why it has none.
 """
 
@@ -31,7 +32,7 @@ from mole_exp.evaluation.intervals import (
     run_scores,
 )
 from mole_exp.evaluation.run_results import Run
-from mole_exp.evaluation.table_layouts import DATASET, SUITE_AVERAGE, Row
+from mole_exp.evaluation.table_layouts import DATASET, ROWS_AVERAGE, SUITE_AVERAGE, Row
 from mole_exp.evaluation.tables import Cell, Table
 
 BETTER, WORSE = "↑", "↓"
@@ -71,13 +72,15 @@ def row_target(row: Row, runs: list[Run], scores: list[RunScores]) -> Target:
     if row.kind == DATASET:
         return ((row.dataset, row.metric),)
     evaluated = set.intersection(*(set(r.evaluated) for r in runs))
+    if row.kind == ROWS_AVERAGE:  # the table's own average: the mean of its dataset rows the runs evaluated
+        return tuple(member for member in row.members if member[0] in evaluated)
     datasets = [d for d in scores[0] if d in evaluated]
     return tuple((d, name) for d in datasets for name in scores[0][d].outputs)
 
 
 def cell_interval(row: Row, cell: Cell, cache: ScoreCache, resamples: int, seed: int) -> CellIntervals:
     found = CellIntervals()
-    if row.kind not in (DATASET, SUITE_AVERAGE):
+    if row.kind not in (DATASET, SUITE_AVERAGE, ROWS_AVERAGE):
         found.notes.append("no interval for a mean of rows")
         return found
     try:
@@ -125,7 +128,7 @@ def add_intervals(table: Table, reference: str | None = None, resamples: int = R
         if reference is None:
             continue
         base = table.cells[(index, reference)]
-        if base.mean is None or row.kind not in (DATASET, SUITE_AVERAGE):
+        if base.mean is None or row.kind not in (DATASET, SUITE_AVERAGE, ROWS_AVERAGE):
             continue
         higher = _higher_is_better(row, base)
         for label in labels:
