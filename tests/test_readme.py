@@ -55,7 +55,11 @@ def test_every_run_command_goes_through_the_venv_and_composes():
 
 def test_make_run_and_eval_use_the_venv():
     for target, script in (("run", "train.py"), ("eval", "eval.py")):
-        dry = subprocess.run(["make", "-n", target, "ARGS=task=nli"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        # Under `make test` the outer make's MAKEFLAGS/MAKELEVEL reach this make, which then prints
+        # "Entering directory" lines: run it as a top-level make, without them.
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
+        dry = subprocess.run(["make", "--no-print-directory", "-n", target, "ARGS=task=nli"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)
         assert dry.returncode == 0 and dry.stdout.strip() == f"{VENV_PYTHON} {script} task=nli"
 
 
