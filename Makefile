@@ -30,7 +30,7 @@ eval:  ## eval.py with the .venv: make eval ARGS="checkpoint=<run folder> 'compo
 lint:
 	$(BIN)/ruff check mole_exp scripts tests train.py eval.py
 
-reproduce-mini:  ## the paper's NLP studies in miniature with controls and intervals, offline: small pretrained T5 + synthetic tasks, 3 seeds (~21 min on 2 CPU cores from scratch) -> docs/reproduce_mini.md, docs/figures/
+reproduce-mini:  ## the paper's NLP studies in miniature with controls and intervals, offline: small pretrained T5 + synthetic tasks, 3 seeds (~21 min on 2 idle CPU cores from scratch, est.; 72 min measured on 2 shared cores) -> docs/reproduce_mini.md, docs/figures/
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/reproduce_mini.py
 
 bench:  ## MoLE step time / memory vs the base, the per-expert loop and PEFT (tiny shape on CPU; use --device cuda --model flan-t5-large on a GPU)

@@ -1,6 +1,6 @@
 """The paper's NLP studies in miniature, offline and seeded, on a CPU: small T5 + synthetic string tasks.
 
-    python scripts/reproduce_mini.py                 # full: ~21 min on 2 CPU cores from scratch -> docs/reproduce_mini.md + PNGs
+    python scripts/reproduce_mini.py                 # full: ~21 min on 2 idle CPU cores from scratch (est.; 72 min on 2 shared) -> docs/reproduce_mini.md + PNGs
     python scripts/reproduce_mini.py --fast --out /tmp/mini --docs /tmp/mini/docs     # tiny sizes, 1 seed (tests)
 
 Stages: (1) pretrain the small base (model=small_synthetic; cached under paths.cache_dir), (2) for each seed,
