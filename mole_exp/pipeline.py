@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -79,12 +80,44 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
         raise
 
 
+MODULE_PATH = re.compile(r"mole_exp(\.[A-Za-z_]\w*)+")  # where an object of this package lives, e.g. a `_target_`
+
+
+def without_module_paths(node: Any) -> Any:
+    """The config without this package's module paths (`_target_: mole_exp.models.build_tiny`, and any other value
+    that is a dotted `mole_exp.` path): dropped from mappings, blanked in lists. Moving a module keeps the hash."""
+    if isinstance(node, dict):
+        return {k: without_module_paths(v) for k, v in node.items() if not (isinstance(v, str) and MODULE_PATH.fullmatch(v))}
+    if isinstance(node, list):
+        return ["<module path>" if isinstance(v, str) and MODULE_PATH.fullmatch(v) else without_module_paths(v) for v in node]
+    return node
+
+
 def config_hash(cfg: DictConfig) -> str:
+    """12 hex digits of the resolved config, less what does not change the result (paths, logging, resume
+    settings, this package's module paths). Runs recorded with the hash of older code are matched through
+    their config.yaml (`matches_config`)."""
     data = OmegaConf.to_container(cfg, resolve=True)
     for volatile in ("paths", "hydra", "logger", "resume", "callbacks", "overrides", "checkpoint_every_n_steps"):
         data.pop(volatile, None)
     data.get("trainer", {}).pop("default_root_dir", None)
+    data = without_module_paths(data)
     return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(data)).encode()).hexdigest()[:12]
+
+
+def matches_config(run_dir: Path, recorded_hash: str | None, wanted_hash: str) -> bool:
+    """Whether the run in `run_dir` was made with the config that hashes to `wanted_hash`: its recorded hash, or,
+    for a hash recorded by older code (which hashed module paths), its config.yaml hashed as today."""
+    if recorded_hash == wanted_hash:
+        return True
+    config_file = Path(run_dir) / "config.yaml"
+    if not config_file.exists():
+        return False
+    try:
+        return config_hash(OmegaConf.load(config_file)) == wanted_hash
+    except Exception as error:  # an unreadable record is not this config's run
+        log.warning("%s cannot be read to compare its config (%s)", config_file, error)
+        return False
 
 
 def validate(cfg: DictConfig) -> None:
@@ -234,7 +267,7 @@ def find_resumable_run(cfg: DictConfig, run_dir: Path) -> Path | None:
             state = json.loads(state_file.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if state.get("config_hash") == wanted and not (folder / METRICS_FILE).exists() and has_progress(folder):
+        if not (folder / METRICS_FILE).exists() and has_progress(folder) and matches_config(folder, state.get("config_hash"), wanted):
             candidates.append((progress_time(folder), folder))
     return max(candidates)[1] if candidates else None
 

@@ -76,7 +76,22 @@ def _plain(node: Any) -> dict[str, Any]:
     return dict(OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node)
 
 
-def _key(spec: dict[str, Any]) -> str:
+def pretraining_spec(
+    architecture: dict[str, Any], pretrain: dict[str, Any], seed: int, dtype: str, vocab_size: int
+) -> tuple[dict[str, Any], TrainSettings]:
+    """Every setting the pretrained weights depend on (hashed into the cache key), and the training settings."""
+    pretrain = _plain(pretrain)
+    data = {k: pretrain.pop(k) for k in ("objective", "kinds", "examples_per_kind", "data_seed", "alphabet_size",
+                                           "min_length", "max_length", "noise_density")}
+    settings = TrainSettings(**pretrain)
+    settings.validate("model.pretrain")
+    spec = {"architecture": dict(_plain(architecture)), "data": data, "train": dict(vars(settings)), "seed": seed, "dtype": dtype,
+            "vocab_size": vocab_size}
+    spec["train"].pop("log_every", None)
+    return spec, settings
+
+
+def cache_key(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -98,16 +113,11 @@ def build_small_synthetic(
     dtype: str = "float32",
 ) -> BaseModel:
     """The pretrained small base: loaded from the cache, or pretrained now (minutes on a CPU) and cached."""
-    architecture, pretrain = _plain(architecture), _plain(pretrain)  # Hydra hands DictConfigs
-    data = {k: pretrain.pop(k) for k in ("objective", "kinds", "examples_per_kind", "data_seed", "alphabet_size",
-                                           "min_length", "max_length", "noise_density")}
-    settings = TrainSettings(**pretrain)
-    settings.validate("model.pretrain")
+    architecture = _plain(architecture)  # Hydra hands DictConfigs
     tokenizer = load_t5_tokenizer(tokenizer_dir)
-    spec = {"architecture": dict(architecture), "data": data, "train": vars(settings), "seed": seed, "dtype": dtype,
-            "vocab_size": len(tokenizer)}
-    spec["train"].pop("log_every", None)
-    key = _key(spec)
+    spec, settings = pretraining_spec(architecture, pretrain, seed, dtype, len(tokenizer))
+    data = spec["data"]
+    key = cache_key(spec)
     a = dict(architecture)
     model_id = (
         f"small-synthetic-t5-d{a.get('d_model')}-l{a.get('num_layers')}x{a.get('num_decoder_layers')}"

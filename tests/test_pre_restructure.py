@@ -4,8 +4,10 @@ made by its make_fixture.py at commit 41e4a9e).
 - The gates checkpoint of a real run (MoLE over 3 tiny PEFT experts) loads into today's model and gives the
   outputs it gave then: the same generations (greedy and 2-beam) token for token, and the same hidden states
   and loss up to float32 rounding (1e-5; bit for bit at the thread count that made them).
-- The run's config.yaml hashes to the config hash its metrics.json recorded, and today's config composed
-  from the run's overrides hashes the same, so `resume=true` and the mini reproduction still find the run.
+- config_hash ignores this package's module paths: the run's config.yaml hashes to one value before and after
+  every move, and today's config composed from the run's overrides hashes the same. Runs that recorded the
+  pre-move hash (which included module paths) are still found by `resume=true` and the mini reproduction.
+- The cache keys of the tiny and random libraries and of the small base are those the pre-move code gave.
 """
 
 from __future__ import annotations
@@ -78,14 +80,84 @@ def test_the_pre_restructure_gates_checkpoint_gives_identical_outputs():
     assert (fresh["decoder_last_hidden_state"] - recorded["decoder_last_hidden_state"]).abs().max() > 1e-3
 
 
-def test_the_pre_restructure_config_hashes_to_its_recorded_hash():
+# config_hash ignores this package's module paths since the restructure began (pre-move code hashed them, giving
+# the fixture's recorded 61ab4872e5d7); this is the fixture config's hash without them, the same after every move.
+HASH_WITHOUT_MODULE_PATHS = "1ce89a38f4d6"
+
+
+def test_the_pre_restructure_config_hash_ignores_module_paths():
     from mole_exp.pipeline import config_hash
 
-    assert config_hash(fixture_config()) == RECORD["config_hash"]
+    cfg = fixture_config()
+    assert config_hash(cfg) == HASH_WITHOUT_MODULE_PATHS
+    moved = fixture_config()
+    moved.model._target_ = "mole_exp.base.models.build_tiny"  # a module moved: the same config
+    moved.composer._target_ = "mole_exp.composers.moved.MoLEComposer"
+    assert config_hash(moved) == HASH_WITHOUT_MODULE_PATHS
+    for key, value in (("seed", 1), ("composer.alpha", 0.25), ("optimizer._target_", "torch.optim.SGD")):
+        changed = fixture_config()
+        OmegaConf.update(changed, key, value)  # what changes a result still changes the hash (third-party targets too)
+        assert config_hash(changed) != HASH_WITHOUT_MODULE_PATHS, key
 
 
 def test_todays_config_from_the_runs_overrides_hashes_the_same():
     from mole_exp.pipeline import config_hash
 
     paths = [f"paths.data_dir={RECORD['paths']['data_dir']}", f"paths.cache_dir={RECORD['paths']['cache_dir']}"]
-    assert config_hash(compose_cfg(RECORD["overrides"] + paths)) == RECORD["config_hash"]
+    assert config_hash(compose_cfg(RECORD["overrides"] + paths)) == HASH_WITHOUT_MODULE_PATHS
+
+
+def pre_restructure_run(folder: Path, finished: bool) -> Path:
+    """A run folder as the pre-move code left it: its config.yaml and the (module-path) hash it recorded."""
+    from mole_exp.io import write_json
+
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text((FIXTURE / "config.yaml").read_text())
+    write_json(folder / "run_state.json", {"config_hash": RECORD["config_hash"], "status": "completed" if finished else "interrupted"})
+    if finished:
+        write_json(folder / "metrics.json", {"config_hash": RECORD["config_hash"], "metrics": RECORD["test_metrics"]})
+    else:
+        (folder / "checkpoints").mkdir()
+        (folder / "checkpoints" / "last.ckpt").write_bytes(b"gates")
+    return folder
+
+
+def test_runs_recorded_with_the_pre_restructure_hash_are_not_orphaned(tmp_path):
+    """resume=true finds an interrupted pre-move run of the same config, and the mini reproduction's reuse check
+    recognises a finished one; a run of another config stays apart."""
+    from mole_exp.pipeline import config_hash, find_resumable_run, matches_config
+
+    interrupted = pre_restructure_run(tmp_path / "outputs" / "runs" / "old", finished=False)
+    paths = [f"paths.data_dir={RECORD['paths']['data_dir']}", f"paths.cache_dir={RECORD['paths']['cache_dir']}",
+             f"paths.outputs_dir={tmp_path / 'outputs'}"]
+    cfg = compose_cfg(RECORD["overrides"] + paths + ["resume=true"], output_dir=tmp_path / "outputs" / "runs" / "new")
+    assert find_resumable_run(cfg, tmp_path / "outputs" / "runs" / "new") == interrupted
+    other = compose_cfg(RECORD["overrides"] + paths + ["resume=true", "seed=1"], output_dir=tmp_path / "outputs" / "runs" / "new")
+    assert find_resumable_run(other, tmp_path / "outputs" / "runs" / "new") is None
+    finished = pre_restructure_run(tmp_path / "finished", finished=True)
+    assert matches_config(finished, RECORD["config_hash"], config_hash(cfg))
+    assert not matches_config(finished, RECORD["config_hash"], config_hash(other))
+
+
+def test_cache_keys_of_libraries_and_bases_do_not_depend_on_module_paths(tmp_path):
+    """The random library and the small base are cached under a hash of their settings; moving modules
+    must not change it (or every cached library and base would be made again)."""
+    from mole_exp.random_library import ensure_random_library
+    from mole_exp.small_base import cache_key, pretraining_spec
+
+    keys = RECORD["spec_keys"]
+    model = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "model" / "small_synthetic.yaml")
+    spec, _ = pretraining_spec(OmegaConf.to_container(model.architecture), OmegaConf.to_container(model.pretrain), model.seed,
+                               model.dtype, vocab_size=32100)
+    assert cache_key(spec) == keys["small_base"]
+    random_library = ensure_random_library(FIXTURE / "library", {"seed": 0, "match": "factors"}, tmp_path / "random")
+    assert random_library.name == keys["random_library"]
+
+
+@needs_data
+def test_the_tiny_library_cache_key_does_not_depend_on_module_paths(tmp_path):
+    from mole_exp.experts import ensure_tiny_library
+    from mole_exp.models import build_tiny
+
+    folder = ensure_tiny_library(build_tiny(str(TOKENIZER_DIR)), str(tmp_path), num_adapters=3, rank=4, alpha=8, targets=("q", "v"), seed=0)
+    assert folder.name == RECORD["spec_keys"]["tiny_library"]

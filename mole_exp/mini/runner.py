@@ -49,13 +49,13 @@ def compose_train_config(conf_dir: Path, overrides: list[str], output_dir: Path)
 def execute(key: str, overrides: list[str], run_dir: str, conf_dir: str) -> Outcome:
     """One run, start to metrics.json; a finished run of the same config is reused, of another config refused."""
     from mole_exp.io import read_json
-    from mole_exp.pipeline import config_hash, run
+    from mole_exp.pipeline import config_hash, matches_config, run
 
     started = time.perf_counter()
     cfg = compose_train_config(Path(conf_dir), overrides, Path(run_dir))
     if (Path(run_dir) / METRICS_FILE).exists():
         found = read_json(Path(run_dir) / METRICS_FILE).get("config_hash")
-        if found == config_hash(cfg):
+        if matches_config(Path(run_dir), found, config_hash(cfg)):
             return Outcome(key, run_dir, "reused", 0.0)
         return Outcome(key, run_dir, "failed", 0.0, f"{run_dir} holds a finished run of another config (hash {found}, now "
                        f"{config_hash(cfg)}); finished runs are never overwritten: delete it or choose another --out")
