@@ -107,7 +107,7 @@ def test_markdown_report_is_written_next_to_the_json(bench_run):
 
 
 def test_issue_targets_are_evaluated_not_asserted():
-    from mole_exp.bench import evaluate_targets, render_markdown
+    from mole_exp.tools.bench import evaluate_targets, render_markdown
 
     def record(variant, experts, ms, peak):
         return {"targets": "qv", "experts": experts, "variant": variant, "status": "ok", "step_ms_median": ms,
@@ -165,7 +165,7 @@ def test_gate_readings_run_side_by_side(tmp_path):
 
 @pytest.mark.parametrize("readings", ["full", "full/all", "delta/per_expert,outputs/joint"])
 def test_bad_gate_readings_are_refused(readings, capsys):
-    from mole_exp.bench import parse_args
+    from mole_exp.tools.bench import parse_args
 
     with pytest.raises(SystemExit):
         parse_args(["--gate-readings", readings])

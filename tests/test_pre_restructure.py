@@ -30,10 +30,10 @@ def fixture_config():
 
 def composed_model(load_checkpoint: bool = True):
     """Today's tiny base, the fixture's expert library and today's MoLE composer with the run's options."""
+    from mole_exp.base.models import build_tiny
     from mole_exp.composers.mole import MoLEComposer
     from mole_exp.experts import load_experts
-    from mole_exp.models import build_tiny
-    from mole_exp.pipeline import load_composer_state
+    from mole_exp.training.pipeline import load_composer_state
 
     cfg = fixture_config()
     options = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k not in ("_target_", "tokenizer_dir")}
@@ -86,7 +86,7 @@ HASH_WITHOUT_MODULE_PATHS = "1ce89a38f4d6"
 
 
 def test_the_pre_restructure_config_hash_ignores_module_paths():
-    from mole_exp.pipeline import config_hash
+    from mole_exp.training.pipeline import config_hash
 
     cfg = fixture_config()
     assert config_hash(cfg) == HASH_WITHOUT_MODULE_PATHS
@@ -101,7 +101,7 @@ def test_the_pre_restructure_config_hash_ignores_module_paths():
 
 
 def test_todays_config_from_the_runs_overrides_hashes_the_same():
-    from mole_exp.pipeline import config_hash
+    from mole_exp.training.pipeline import config_hash
 
     paths = [f"paths.data_dir={RECORD['paths']['data_dir']}", f"paths.cache_dir={RECORD['paths']['cache_dir']}"]
     assert config_hash(compose_cfg(RECORD["overrides"] + paths)) == HASH_WITHOUT_MODULE_PATHS
@@ -109,7 +109,7 @@ def test_todays_config_from_the_runs_overrides_hashes_the_same():
 
 def pre_restructure_run(folder: Path, finished: bool) -> Path:
     """A run folder as the pre-move code left it: its config.yaml and the (module-path) hash it recorded."""
-    from mole_exp.io import write_json
+    from mole_exp.files import write_json
 
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text((FIXTURE / "config.yaml").read_text())
@@ -125,7 +125,7 @@ def pre_restructure_run(folder: Path, finished: bool) -> Path:
 def test_runs_recorded_with_the_pre_restructure_hash_are_not_orphaned(tmp_path):
     """resume=true finds an interrupted pre-move run of the same config, and the mini reproduction's reuse check
     recognises a finished one; a run of another config stays apart."""
-    from mole_exp.pipeline import config_hash, find_resumable_run, matches_config
+    from mole_exp.training.pipeline import config_hash, find_resumable_run, matches_config
 
     interrupted = pre_restructure_run(tmp_path / "outputs" / "runs" / "old", finished=False)
     paths = [f"paths.data_dir={RECORD['paths']['data_dir']}", f"paths.cache_dir={RECORD['paths']['cache_dir']}",
@@ -142,8 +142,8 @@ def test_runs_recorded_with_the_pre_restructure_hash_are_not_orphaned(tmp_path):
 def test_cache_keys_of_libraries_and_bases_do_not_depend_on_module_paths(tmp_path):
     """The random library and the small base are cached under a hash of their settings; moving modules
     must not change it (or every cached library and base would be made again)."""
-    from mole_exp.random_library import ensure_random_library
-    from mole_exp.small_base import cache_key, pretraining_spec
+    from mole_exp.experts.random_library import ensure_random_library
+    from mole_exp.tools.mini.small_base import cache_key, pretraining_spec
 
     keys = RECORD["spec_keys"]
     model = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "model" / "small_synthetic.yaml")
@@ -156,8 +156,29 @@ def test_cache_keys_of_libraries_and_bases_do_not_depend_on_module_paths(tmp_pat
 
 @needs_data
 def test_the_tiny_library_cache_key_does_not_depend_on_module_paths(tmp_path):
+    from mole_exp.base.models import build_tiny
     from mole_exp.experts import ensure_tiny_library
-    from mole_exp.models import build_tiny
 
     folder = ensure_tiny_library(build_tiny(str(TOKENIZER_DIR)), str(tmp_path), num_adapters=3, rank=4, alpha=8, targets=("q", "v"), seed=0)
     assert folder.name == RECORD["spec_keys"]["tiny_library"]
+
+
+def test_a_pre_restructure_run_config_still_instantiates():
+    """eval.py reads a finished run's config.yaml as written: every `_target_` of a pre-move config names where
+    its object lives now (the synthetic suite: the tool's target, which registers the synthetic loader)."""
+    from hydra.utils import get_object, instantiate
+
+    from mole_exp.training.moved_paths import with_current_targets
+
+    cfg = with_current_targets(fixture_config())
+    assert cfg.model._target_ == "mole_exp.base.models.build_tiny"
+    for node in (cfg.model, cfg.composer, cfg.task, cfg.optimizer, cfg.trainer):
+        assert callable(get_object(node._target_)), node._target_
+    old_synthetic = OmegaConf.create({"task": {"_target_": "mole_exp.tasks.Task", "name": "synthetic", "source": "local",
+                                               "datasets": {"copy": {"loader": "synthetic", "metric": "exact_match"}}},
+                                      "model": {"_target_": "mole_exp.small_base.build_small_synthetic"}})
+    upgraded = with_current_targets(old_synthetic)
+    assert upgraded.model._target_ == "mole_exp.tools.mini.small_base.build_small_synthetic"
+    assert callable(get_object(upgraded.model._target_))
+    task = instantiate(upgraded.task, _convert_="all").load(need_train=False, eval_limit=3)
+    assert len(task.test["copy"]) == 3
