@@ -60,7 +60,7 @@ def tiny_base():
 
 @pytest.fixture
 def tiny_bank(tiny_base, cache_dir):
-    from mole_exp.experts import load_experts
+    from mole_exp.experts.loading import load_experts
 
     return load_experts(tiny_experts_cfg(cache_dir), tiny_base)
 

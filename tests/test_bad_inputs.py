@@ -12,14 +12,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mole_exp.experts import load_experts
+from mole_exp.experts.loading import load_experts
 from mole_exp.training.pipeline import run
 from tests.conftest import ROOT, compose_cfg, make_tiny, needs_data, tiny_experts_cfg
 
 
 def library_copy(tmp_path, cache_dir, tiny_base):
     """A writable copy of the tiny library, as a plain `experts=library` folder."""
-    from mole_exp.experts import ensure_tiny_library
+    from mole_exp.experts.tiny_library import ensure_tiny_library
 
     source = ensure_tiny_library(tiny_base, str(cache_dir / "tiny_experts"), num_adapters=4, rank=4, alpha=8, targets=["q", "v"], seed=0)
     target = tmp_path / "library"

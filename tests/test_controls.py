@@ -10,8 +10,9 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from mole_exp.experts import ensure_tiny_library, load_experts, precheck
+from mole_exp.experts.loading import load_experts, precheck
 from mole_exp.experts.random_library import ensure_random_library, norms
+from mole_exp.experts.tiny_library import ensure_tiny_library
 from mole_exp.training.pipeline import run
 from tests.conftest import compose_cfg, needs_data, tiny_experts_cfg
 

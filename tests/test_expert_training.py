@@ -11,7 +11,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from mole_exp.base.models import weights_fingerprint
-from mole_exp.experts import MANIFEST, load_experts
+from mole_exp.experts.library import MANIFEST
+from mole_exp.experts.loading import load_experts
 from mole_exp.tasks import Task
 from mole_exp.tools.expert_training import LibraryExistsError, LoraSettings, train_library
 from mole_exp.tools.mini.span_corruption import corrupt_spans

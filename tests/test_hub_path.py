@@ -13,7 +13,8 @@ import time
 import pytest
 
 from mole_exp.base.hub_cache import seed_repo
-from mole_exp.experts import ensure_tiny_library, packaged_id_list
+from mole_exp.experts.library import packaged_id_list
+from mole_exp.experts.tiny_library import ensure_tiny_library
 from tests.conftest import DATA_DIR, ROOT, make_tiny, needs_data
 
 pytestmark = needs_data

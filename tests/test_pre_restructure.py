@@ -32,7 +32,7 @@ def composed_model(load_checkpoint: bool = True):
     """Today's tiny base, the fixture's expert library and today's MoLE composer with the run's options."""
     from mole_exp.base.models import build_tiny
     from mole_exp.composers.mole import MoLEComposer
-    from mole_exp.experts import load_experts
+    from mole_exp.experts.loading import load_experts
     from mole_exp.training.pipeline import load_composer_state
 
     cfg = fixture_config()
@@ -157,7 +157,7 @@ def test_cache_keys_of_libraries_and_bases_do_not_depend_on_module_paths(tmp_pat
 @needs_data
 def test_the_tiny_library_cache_key_does_not_depend_on_module_paths(tmp_path):
     from mole_exp.base.models import build_tiny
-    from mole_exp.experts import ensure_tiny_library
+    from mole_exp.experts.tiny_library import ensure_tiny_library
 
     folder = ensure_tiny_library(build_tiny(str(TOKENIZER_DIR)), str(tmp_path), num_adapters=3, rank=4, alpha=8, targets=("q", "v"), seed=0)
     assert folder.name == RECORD["spec_keys"]["tiny_library"]

@@ -11,7 +11,8 @@ import shutil
 
 import pytest
 
-from mole_exp.experts import ensure_tiny_library, load_experts
+from mole_exp.experts.loading import load_experts
+from mole_exp.experts.tiny_library import ensure_tiny_library
 from tests.conftest import compose_cfg, needs_data
 from tests.test_bad_inputs import library_cfg, library_copy
 

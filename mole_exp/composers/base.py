@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from mole_exp.base.models import BaseModel
-from mole_exp.experts import ExpertBank
+from mole_exp.experts.bank import ExpertBank
 
 COMPOSERS: dict[str, type[Composer]] = {}
 FIT_PER = ("suite", "dataset")

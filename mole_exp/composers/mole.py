@@ -15,7 +15,7 @@ import torch.nn as nn
 from mole_exp.base.family import GRANULARITIES
 from mole_exp.base.models import DTYPES, BaseModel
 from mole_exp.composers.base import Composer, register_composer
-from mole_exp.experts import ExpertBank
+from mole_exp.experts.bank import ExpertBank
 from mole_exp.mole.gates import DEFAULT_READING, IMPLEMENTATIONS, Gate, check_reading
 from mole_exp.mole.layers import MoLELinear
 from mole_exp.mole.routing import Router

@@ -15,7 +15,7 @@ import torch.nn as nn
 from mole_exp.base.models import BaseModel
 from mole_exp.composers.base import register_composer
 from mole_exp.composers.static import StaticComposer
-from mole_exp.experts import ExpertBank
+from mole_exp.experts.bank import ExpertBank
 
 MATCHED = "matched"
 

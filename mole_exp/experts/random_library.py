@@ -29,6 +29,9 @@ from typing import Any
 
 import torch
 
+from mole_exp.experts.adapters import read_adapter
+from mole_exp.experts.library import MANIFEST, read_library
+
 MATCHES = ("factors", "delta")
 KIND = "random-matched"
 PREFIX = "random_"
@@ -86,8 +89,6 @@ def ensure_random_library(library_dir: str | Path, options: Any, cache_dir: str 
     """The random library matched to `library_dir` (made on first use, then reused)."""
     from peft.utils import load_peft_weights
     from safetensors.torch import save_file
-
-    from mole_exp.experts import MANIFEST, read_adapter, read_library
 
     seed, match = check_options(options)
     entries, real_manifest = read_library(library_dir)

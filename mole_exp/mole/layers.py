@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 
-from mole_exp.experts import TargetExperts
+from mole_exp.experts.bank import TargetExperts
 from mole_exp.mole import rank_space
 
 if TYPE_CHECKING:

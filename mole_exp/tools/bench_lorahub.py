@@ -52,7 +52,7 @@ from omegaconf import OmegaConf
 
 from mole_exp.base.models import BaseModel, build_tiny, mole_exp_cache_dir
 from mole_exp.composers.lorahub import LoRAHubComposer
-from mole_exp.experts import load_experts
+from mole_exp.experts.loading import load_experts
 from mole_exp.training.pipeline import make_search_data
 
 ROOT = Path(__file__).resolve().parents[2]

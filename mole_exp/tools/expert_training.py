@@ -34,7 +34,7 @@ from typing import Any
 from mole_exp.base.models import BaseModel, weights_fingerprint
 from mole_exp.evaluation.evaluator import GenerationSettings, score_examples
 from mole_exp.evaluation.metrics import get_metric
-from mole_exp.experts import MANIFEST
+from mole_exp.experts.library import MANIFEST
 from mole_exp.files import staging_dir
 from mole_exp.tasks.base import Task
 from mole_exp.tools.seq2seq_training import TrainSettings, fit_seq2seq

@@ -69,7 +69,7 @@ def model_artifacts(model_cfg: Any) -> list[Artifact]:
 
 def adapter_artifacts(cfg: Any) -> list[Artifact]:
     """The Hub adapters of the run's expert pool (every fit unit's pool, when units differ in it)."""
-    from mole_exp.experts import select_pool, unit_pool_views
+    from mole_exp.experts.loading import select_pool, unit_pool_views
 
     if cfg.experts.get("source") != "list":
         return []

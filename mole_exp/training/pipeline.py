@@ -31,9 +31,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from mole_exp.base.models import BaseModel
 from mole_exp.composers.base import Composer, SearchData
 from mole_exp.evaluation.evaluator import GenerationSettings, evaluate_task, score_examples
-from mole_exp.experts import ExpertBank, load_experts, select_pool, unit_pool_views
-from mole_exp.experts import precheck as precheck_experts
+from mole_exp.experts.bank import ExpertBank
 from mole_exp.experts.catalogue import pool_datasets
+from mole_exp.experts.loading import load_experts, select_pool, unit_pool_views
+from mole_exp.experts.loading import precheck as precheck_experts
 from mole_exp.files import METRICS_FILE, PREDICTIONS_FILE, write_atomic, write_json, write_jsonl
 from mole_exp.tasks.base import EVAL_SUBSETS
 from mole_exp.tasks.truncation import fit_to_length

@@ -13,7 +13,7 @@ LoRA experts trained on it afterwards have something to specialise. Objectives:
   laptop's budget, experts trained on such a base stay weak).
 The pretrained weights are cached under `cache_dir/<key>` (key = hash of every setting and the vocabulary),
 written atomically, so reruns and parallel runs reuse one base. `model_id` names the settings and the seed,
-so library manifests (see `mole_exp.experts.check_manifest`) match it.
+so library manifests (see `mole_exp.experts.library.check_manifest`) match it.
 """
 
 from __future__ import annotations
