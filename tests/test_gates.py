@@ -9,9 +9,9 @@ import itertools
 import pytest
 import torch
 
-from mole_exp.composers.mole import inject_mole
 from mole_exp.experts.loading import load_experts
 from mole_exp.mole.gates import Gate, balance_loss
+from mole_exp.mole.inject import inject_mole
 from mole_exp.mole.layers import MoLELinear
 from tests.conftest import make_tiny, tiny_experts_cfg
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mole_exp.composers.mole import inject_mole
 from mole_exp.mole import rank_space
+from mole_exp.mole.inject import inject_mole
 from tests.conftest import make_tiny, needs_gpu
 from tests.test_gates import batch, gate_cfg, randomise_gates
 

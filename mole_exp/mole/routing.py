@@ -14,13 +14,24 @@ Per forward it knows, through pre-hooks on the encoder and decoder stacks:
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Protocol
 
 import torch
 import torch.nn as nn
 
 from mole_exp.mole import rank_space
 from mole_exp.mole.gates import IMPLEMENTATIONS, Gate, balance_loss, entropy, pool_bidirectional, pool_causal
-from mole_exp.mole.layers import MoLELinear
+
+
+class GatedLinear(Protocol):
+    """What the router reads of an adapted linear (a MoLELinear, mole/layers.py, which calls the router)."""
+
+    module_name: str  # e.g. "encoder.block.0.layer.0.SelfAttention.q"
+    gate_key: str  # the scope of its gate
+    stream: str  # the token sequence it reads: "encoder" | "decoder" | "memory"
+    lora_A: torch.Tensor  # (N, r, d_in)
+    lora_B: torch.Tensor  # (N, d_out, r)
+    scaling: torch.Tensor  # (N,)
 
 
 def module_key(scope: str) -> str:
@@ -44,7 +55,7 @@ class Router(nn.Module):
         self._decoder_offset = 0
         self._decoder_state: dict[str, tuple[torch.Tensor, int]] = {}
         self._pass_probs: dict[str, torch.Tensor] = {}
-        self._gate_rank_inputs: tuple[MoLELinear, torch.Tensor] | None = None  # (linear, u = A x) from its gate, for its mix
+        self._gate_rank_inputs: tuple[GatedLinear, torch.Tensor] | None = None  # (linear, u = A x) from its gate, for its mix
         self.records: list[tuple[str, torch.Tensor]] = []
         self._hooks: list = []
 
@@ -53,17 +64,15 @@ class Router(nn.Module):
 
     # ------------------------------------------------------------------ wiring
 
-    def attach(self, model: nn.Module, stacks: dict[str, nn.Module]) -> None:
-        for layer in model.modules():
-            if isinstance(layer, MoLELinear):
-                layer.bind(self)
+    def attach(self, stacks: dict[str, nn.Module]) -> None:
+        """Follow the stacks' forwards (valid-token masks, cache offsets) through pre-hooks on them."""
         self._hooks = [
             stacks["encoder"].register_forward_pre_hook(self._before_encoder, with_kwargs=True),
             stacks["decoder"].register_forward_pre_hook(self._before_decoder, with_kwargs=True),
         ]
 
     def detach(self) -> None:
-        """Remove the hooks `attach` put on the stacks (the MoLELinear layers are unwrapped by the composer)."""
+        """Remove the hooks `attach` put on the stacks (the adapted linears are unwrapped by `detach_router`)."""
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
@@ -98,7 +107,7 @@ class Router(nn.Module):
 
     def gate_weights(
         self,
-        layer: MoLELinear,
+        layer: GatedLinear,
         hidden: torch.Tensor,
         rank_inputs: torch.Tensor | None = None,
         expert_outputs: torch.Tensor | None = None,
@@ -149,7 +158,7 @@ class Router(nn.Module):
             self.records.append((scope, probs if self.training else probs.detach()))
         return probs
 
-    def take_rank_inputs(self, layer: MoLELinear) -> torch.Tensor | None:
+    def take_rank_inputs(self, layer: GatedLinear) -> torch.Tensor | None:
         """u = A x (detached) if `layer`'s gate_weights call just computed it from x, so its mix need not
         compute it again; None otherwise. Handed over once and dropped here (no memory kept)."""
         held, self._gate_rank_inputs = self._gate_rank_inputs, None

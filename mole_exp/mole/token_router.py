@@ -19,8 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from mole_exp.mole.gates import entropy
-from mole_exp.mole.layers import MoLELinear
-from mole_exp.mole.routing import Router
+from mole_exp.mole.routing import GatedLinear, Router
 
 
 @dataclass
@@ -81,7 +80,7 @@ class TopKRouter(Router):
         mask = self._stream_masks.get(stream) if stream in ("encoder", "memory") else None
         return mask if mask is not None and mask.shape == soft.shape[:-1] else None
 
-    def gate_weights(self, layer: MoLELinear, hidden: torch.Tensor, rank_inputs=None, expert_outputs=None, base_output=None) -> torch.Tensor:
+    def gate_weights(self, layer: GatedLinear, hidden: torch.Tensor, rank_inputs=None, expert_outputs=None, base_output=None) -> torch.Tensor:
         """(B, T, N) top-k weights per token; computed once per scope and pass, reused by its other linears."""
         scope = layer.gate_key
         routed = self._pass_probs.get(scope)

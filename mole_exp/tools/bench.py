@@ -65,10 +65,10 @@ import torch.nn.functional as F
 
 from mole_exp.base.family import family_for
 from mole_exp.base.models import BaseModel, freeze
-from mole_exp.composers.mole import inject_mole
 from mole_exp.experts.bank import ExpertBank, TargetExperts
 from mole_exp.mole import rank_space
 from mole_exp.mole.gates import EXPERT_OUTPUTS, NORMALIZATIONS, check_reading
+from mole_exp.mole.inject import inject_mole
 from mole_exp.mole.layers import MoLELinear
 
 # FLAN-T5 hyper-parameters (from the checkpoints' config.json), so no download is needed.
