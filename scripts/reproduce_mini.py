@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from mole_exp.tools.mini.plan import make_plan
     from mole_exp.tools.mini.report import make_figures, write_outcomes, write_report
     from mole_exp.tools.mini.runner import run_all
-    from mole_exp.training.pipeline import build
+    from mole_exp.training.config import build
 
     settings = PRESETS["fast" if args.fast else "full"]
     if args.seeds:

@@ -25,8 +25,8 @@ from mole_exp.composers.pems import PEMsComposer, simplex_grid
 from mole_exp.composers.single import SingleComposer
 from mole_exp.mole.token_router import top_k_weights
 from mole_exp.training.data import train_loader
+from mole_exp.training.fit import make_search_data
 from mole_exp.training.lit_module import ComposerLitModule
-from mole_exp.training.pipeline import make_search_data
 from tests.conftest import compose_cfg, needs_data, needs_gpu
 
 

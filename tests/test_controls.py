@@ -104,7 +104,7 @@ def test_fresh_lora_trains_only_its_lora_on_moles_data_and_budget(tmp_path, smok
     from transformers import AutoModelForSeq2SeqLM
 
     from mole_exp.composers.fresh_lora import FreshLoRAComposer
-    from mole_exp.training.pipeline import load_composer_state
+    from mole_exp.training.checkpoints import load_composer_state
     from tests.conftest import make_tiny
 
     exported = AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path / "export")).eval()

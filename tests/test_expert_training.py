@@ -98,7 +98,7 @@ def test_synthetic_task_configs_compose_and_load(tmp_path):
 
     for suite, datasets in (("synthetic", ["copy", "reverse", "sort", "shift", "dedupe", "add"]), ("synthetic_compose", ["reverse_shift"])):
         cfg = compose_cfg([f"task={suite}", "task.args.num_train=10", "task.args.num_test=4"], output_dir=tmp_path)
-        from mole_exp.training.pipeline import build
+        from mole_exp.training.config import build
 
         task = build(cfg.task, _convert_="all").load()
         assert task.dataset_names == datasets

@@ -211,7 +211,7 @@ LORAHUB = ["composer=lorahub", "composer.budget=3", "composer.search_seeds=2", "
 
 
 def training_sources(overrides, dataset):
-    from mole_exp.training.pipeline import build
+    from mole_exp.training.config import build
 
     cfg = compose_cfg(overrides)
     task = build(cfg.task, _convert_="all").load(train_limit=cfg.data.train_limit, eval_limit=cfg.data.eval_limit)

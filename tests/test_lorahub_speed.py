@@ -45,7 +45,7 @@ def candidates(count: int, num_experts: int, seed: int = 0) -> list[list[float]]
 
 def search_data(base, examples=EXAMPLES, eval_batch_size=4):
     from mole_exp.tools.bench_lorahub import FixedExamples
-    from mole_exp.training.pipeline import make_search_data
+    from mole_exp.training.fit import make_search_data
 
     cfg = OmegaConf.create(
         {"seed": 0, "data": {"max_source_length": 128, "max_target_length": 16, "eval_batch_size": eval_batch_size, "mixture": "proportional", "mixture_cap": None}}

@@ -33,7 +33,7 @@ def composed_model(load_checkpoint: bool = True):
     from mole_exp.base.models import build_tiny
     from mole_exp.composers.mole import MoLEComposer
     from mole_exp.experts.loading import load_experts
-    from mole_exp.training.pipeline import load_composer_state
+    from mole_exp.training.checkpoints import load_composer_state
 
     cfg = fixture_config()
     options = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k not in ("_target_", "tokenizer_dir")}
@@ -86,7 +86,7 @@ HASH_WITHOUT_MODULE_PATHS = "1ce89a38f4d6"
 
 
 def test_the_pre_restructure_config_hash_ignores_module_paths():
-    from mole_exp.training.pipeline import config_hash
+    from mole_exp.training.config import config_hash
 
     cfg = fixture_config()
     assert config_hash(cfg) == HASH_WITHOUT_MODULE_PATHS
@@ -101,7 +101,7 @@ def test_the_pre_restructure_config_hash_ignores_module_paths():
 
 
 def test_todays_config_from_the_runs_overrides_hashes_the_same():
-    from mole_exp.training.pipeline import config_hash
+    from mole_exp.training.config import config_hash
 
     paths = [f"paths.data_dir={RECORD['paths']['data_dir']}", f"paths.cache_dir={RECORD['paths']['cache_dir']}"]
     assert config_hash(compose_cfg(RECORD["overrides"] + paths)) == HASH_WITHOUT_MODULE_PATHS
@@ -125,7 +125,8 @@ def pre_restructure_run(folder: Path, finished: bool) -> Path:
 def test_runs_recorded_with_the_pre_restructure_hash_are_not_orphaned(tmp_path):
     """resume=true finds an interrupted pre-move run of the same config, and the mini reproduction's reuse check
     recognises a finished one; a run of another config stays apart."""
-    from mole_exp.training.pipeline import config_hash, find_resumable_run, matches_config
+    from mole_exp.training.config import config_hash
+    from mole_exp.training.resume import find_resumable_run, matches_config
 
     interrupted = pre_restructure_run(tmp_path / "outputs" / "runs" / "old", finished=False)
     paths = [f"paths.data_dir={RECORD['paths']['data_dir']}", f"paths.cache_dir={RECORD['paths']['cache_dir']}",

@@ -55,7 +55,7 @@ def test_unknown_or_unsupported_normalisation_is_refused():
 
 @needs_data
 def test_the_normalisation_is_a_task_option_checked_before_loading(tmp_path):
-    from mole_exp.training.pipeline import build
+    from mole_exp.training.config import build
 
     bbh = build(compose_cfg(["task=bbh", "task.only=[date_understanding]", f"paths.data_dir={DATA_DIR}"]).task, _convert_="all")
     assert bbh.specs["date_understanding"].normalization == "lorahub"
@@ -98,7 +98,7 @@ def test_lorahub_scorer_equals_the_official_packages():
 @needs_data
 def test_bbh_lorahub_prompt_is_lorahubs_zero_shot_form():
     """LoRAHub's BBH inputs (its example.py, data_bbh zero_shot.jsonl): the task's description, then "Q: ...\\nA:"."""
-    from mole_exp.training.pipeline import build
+    from mole_exp.training.config import build
 
     task = build(compose_cfg(["task=bbh", "task.only=[date_understanding]", "task.args.prompt=lorahub", f"paths.data_dir={DATA_DIR}"]).task,
                  _convert_="all").load(need_train=False, eval_limit=3)

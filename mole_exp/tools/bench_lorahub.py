@@ -53,7 +53,7 @@ from omegaconf import OmegaConf
 from mole_exp.base.models import BaseModel, build_tiny, mole_exp_cache_dir
 from mole_exp.composers.lorahub import LoRAHubComposer
 from mole_exp.experts.loading import load_experts
-from mole_exp.training.pipeline import make_search_data
+from mole_exp.training.fit import make_search_data
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TOKENIZER = Path(os.environ.get("MOLE_EXP_DATA", ROOT.parent / "shared" / "data")) / "t5_tokenizer"

@@ -241,7 +241,7 @@ def run_from_config(cfg: Any) -> Path:
     import torch
     from omegaconf import OmegaConf
 
-    from mole_exp.training.pipeline import build
+    from mole_exp.training.config import build
 
     options = cfg.experts_training
     task: Task = build(cfg.task, _convert_="all")

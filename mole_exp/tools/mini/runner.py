@@ -49,7 +49,9 @@ def compose_train_config(conf_dir: Path, overrides: list[str], output_dir: Path)
 def execute(key: str, overrides: list[str], run_dir: str, conf_dir: str) -> Outcome:
     """One run, start to metrics.json; a finished run of the same config is reused, of another config refused."""
     from mole_exp.files import read_json
-    from mole_exp.training.pipeline import config_hash, matches_config, run
+    from mole_exp.training.config import config_hash
+    from mole_exp.training.pipeline import run
+    from mole_exp.training.resume import matches_config
 
     started = time.perf_counter()
     cfg = compose_train_config(Path(conf_dir), overrides, Path(run_dir))
