@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mole_exp.files import METRICS_FILE
 from mole_exp.training.moved_paths import with_current_targets
+from mole_exp.training.run_folder import folder_name
 
 EVAL_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "eval.yaml"
 EVALS_DIR = "evals"
@@ -173,6 +174,4 @@ def _run_hash(folder: Path) -> str | None:
 
 def eval_name(override_dirname: str) -> str:
     """The default folder name under evals/: the overrides, made path-safe ('default' without any)."""
-    from mole_exp.training.resolvers import folder_name
-
     return folder_name(override_dirname) if override_dirname else "default"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import time
@@ -35,6 +36,13 @@ LOCK_FILE = ".lock"
 HOLDER_FILE = ".lock.json"
 HYDRA_RECORD_DIR = ".hydra"  # where Hydra would have written its record (its default output_subdir)
 INTERRUPTED, FAILED = "interrupted", "failed"
+
+
+def folder_name(text: str, limit: int = 120) -> str:
+    """A safe folder name from a Hydra override string: '/' and other path-unsafe characters become '-'
+    (a sweep member's folder, an evaluation's folder under evals/)."""
+    safe = re.sub(r"[^A-Za-z0-9=,._+\-\[\]]", "-", str(text))
+    return safe[:limit] if safe else "run"
 
 
 class RunLockedError(RuntimeError):
