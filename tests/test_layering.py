@@ -178,7 +178,5 @@ def test_the_core_never_imports_tools_and_the_layering_is_an_order():
 
 def test_package_docstrings_say_what_lives_there():
     for init in sorted(PACKAGE.rglob("__init__.py")):
-        if init.parent.name == "resources":
-            continue
         docstring = ast.get_docstring(ast.parse(init.read_text()))
         assert docstring, f"{init.relative_to(ROOT)} has no docstring"

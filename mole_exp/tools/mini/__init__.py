@@ -6,9 +6,9 @@ several seeds -> paper-style tables (markdown) and gate figures (PNG).
 
     synthetic_tasks.py  the synthetic string tasks (the `synthetic` loader; conf/task/synthetic*.yaml)
     small_base.py       the small T5 pretrained on them (model=small_synthetic); span_corruption.py
-    settings.py  the full and --fast sizes
-    plan.py      which runs make which table
-    runner.py    runs them (pipeline.run on composed Hydra configs, in parallel worker processes)
-    tables.py    markdown tables from the runs' metrics.json
-    report.py    the report page: tables, figures, timings
+    settings.py         the full and --fast sizes
+    plan.py             which runs make which table
+    runner.py           runs them (pipeline.run on composed Hydra configs, in parallel worker processes)
+    tables.py           markdown tables from the runs' metrics.json; claims.py: the claims with intervals
+    history.py          every change of a setting; report.py: the report page (tables, figures, timings)
 """
