@@ -183,3 +183,21 @@ def test_a_pre_restructure_run_config_still_instantiates():
     assert callable(get_object(upgraded.model._target_))
     task = instantiate(upgraded.task, _convert_="all").load(need_train=False, eval_limit=3)
     assert len(task.test["copy"]) == 3
+
+
+@needs_data
+def test_the_expert_library_key_does_not_depend_on_module_paths():
+    """A trained library is reused when its settings key matches (the mini reproduction's libraries), else refused."""
+    from mole_exp.base.models import build_tiny, weights_fingerprint
+    from mole_exp.tools.expert_training import LoraSettings, adapter_plan, library_settings
+    from mole_exp.tools.mini.synthetic_tasks import synthetic_suite
+    from mole_exp.tools.seq2seq_training import TrainSettings
+
+    task = synthetic_suite(name="synthetic", source="local", args={"num_train": 20, "num_test": 5, "data_seed": 3},
+                           datasets={"copy": {"loader": "synthetic", "metric": "exact_match"},
+                                     "reverse": {"loader": "synthetic", "metric": "exact_match"}}).load(need_train=True)
+    base = build_tiny(str(TOKENIZER_DIR))
+    datasets = ["copy", "reverse"]
+    _, key = library_settings(base.model_id, weights_fingerprint(base.model), task, datasets, adapter_plan(task, datasets, None),
+                              False, LoraSettings(), TrainSettings(), seed=0)
+    assert key == RECORD["spec_keys"]["expert_library"]

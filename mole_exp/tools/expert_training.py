@@ -115,6 +115,26 @@ def settings_key(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def library_settings(
+    base_model_id: str, fingerprint: str, task: Task, datasets: list[str], plan: list[tuple[str, list[str]]], joint: bool,
+    lora: LoraSettings, train: TrainSettings, seed: int,
+) -> tuple[dict[str, Any], str]:
+    """What a library's adapters depend on (recorded in its manifest) and its key: the base, the suite's name,
+    datasets and data arguments, the training rows per dataset, the LoRA and training settings, the seed."""
+    trained_on = sorted({d for _, members in plan for d in members})
+    settings = {
+        "task": task.name,
+        "datasets": datasets,
+        **({"joint": {name: members for name, members in plan[len(datasets):]}} if joint else {}),
+        "data_args": task.args,
+        "train_examples": {d: len(task.train[d]) for d in trained_on},
+        "lora": asdict(lora),
+        "train": {k: v for k, v in asdict(train).items() if k != "log_every"},
+        "seed": seed,
+    }
+    return settings, settings_key({"base_model_id": base_model_id, "base_fingerprint": fingerprint, **settings})
+
+
 def finished_library(folder: Path, key: str) -> bool:
     """True when `folder` holds a finished library with these settings; raises when it holds another."""
     if not (folder / MANIFEST).exists():
@@ -157,18 +177,7 @@ def train_library(
         raise ValueError(f"experts_training.tasks={unknown}: not loaded datasets of suite {task.name!r}; available: {list(task.train)}")
     plan = adapter_plan(task, datasets, joint)
     fingerprint = weights_fingerprint(base.model)
-    trained_on = sorted({d for _, members in plan for d in members})
-    settings = {
-        "task": task.name,
-        "datasets": datasets,
-        **({"joint": {name: members for name, members in plan[len(datasets):]}} if joint else {}),
-        "data_args": task.args,
-        "train_examples": {d: len(task.train[d]) for d in trained_on},
-        "lora": asdict(lora),
-        "train": {k: v for k, v in asdict(train).items() if k != "log_every"},
-        "seed": seed,
-    }
-    key = settings_key({"base_model_id": base.model_id, "base_fingerprint": fingerprint, **settings})
+    settings, key = library_settings(base.model_id, fingerprint, task, datasets, plan, bool(joint), lora, train, seed)
     if library_dir is None:
         if libraries_root is None:
             raise ValueError("experts_training.library_dir is not set (and no libraries root to derive it from)")
