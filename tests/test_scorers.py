@@ -13,7 +13,7 @@ from tests.conftest import DATA_DIR, TOKENIZER_DIR, compose_cfg, needs_data
 @pytest.mark.parametrize(
     "prediction, reference, lorahub, strict",
     [
-        ("yes", "Yes", 100.0, 0.0),  # the issue's case: LoRAHub folds case, the strict form does not
+        ("yes", "Yes", 100.0, 0.0),  # LoRAHub folds case, the strict form does not
         ("(A).", "(A)", 100.0, 100.0),  # strict: the BBH answer drops a final period
         ("(a)", "(A)", 100.0, 0.0),
         ("  True \n", "True", 100.0, 100.0),
@@ -30,7 +30,7 @@ def test_bbh_scorer_cases(prediction, reference, lorahub, strict):
     assert score("bbh_em", [prediction], [[reference]], "strict")[0]["em"] == strict
 
 
-def test_the_issues_case_and_the_normalisations_by_name():
+def test_case_folding_and_the_normalisations_by_name():
     assert get_metric("bbh_em").fn(["yes"], [["Yes"]])["em"] == 100.0
     assert get_metric("bbh_em").fn(["yes"], [["Yes"]], normalization="strict")["em"] == 0.0
     assert lorahub_normalize(" The End. ") == "the end"
