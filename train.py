@@ -8,8 +8,8 @@
 import hydra
 from omegaconf import DictConfig
 
-import mole_exp.resolvers  # noqa: F401  (registers ${folder_name:...})
-from mole_exp.pipeline import run
+import mole_exp.training.resolvers  # noqa: F401  (registers ${folder_name:...})
+from mole_exp.training.pipeline import run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -4,7 +4,7 @@
     pip install --no-deps lorahub==0.1.0
     python scripts/bench_lorahub.py --experts 8,128 --threads 1 --output outputs/bench/lorahub.json
 
-The logic lives in mole_exp/bench_lorahub.py; see its docstring and --help.
+The logic lives in mole_exp/tools/bench_lorahub.py; see its docstring and --help.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mole_exp.bench_lorahub import main  # noqa: E402
+from mole_exp.tools.bench_lorahub import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

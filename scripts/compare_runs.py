@@ -6,7 +6,7 @@
 Reads each run's predictions.jsonl (and metrics.json / config.yaml to group and pair runs). Runs are paired
 by seed; examples by dataset and input (runs that evaluated different examples are refused). BLEU of one
 pair of runs is sacreBLEU's own paired bootstrap (`sacrebleu REF -i A B --paired-bs`); EM and ROUGE are
-resampled per example. See mole_exp/evaluation/intervals.py.
+resampled per example. See mole_exp/reporting/intervals.py.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere without installing
 
-from mole_exp.evaluation.compare import as_json, compare_folders, render  # noqa: E402
-from mole_exp.evaluation.intervals import RESAMPLES, SEED  # noqa: E402
+from mole_exp.reporting.compare import as_json, compare_folders, render  # noqa: E402
+from mole_exp.reporting.intervals import RESAMPLES, SEED  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(render(comparisons, args.decimals))
     if args.json:
-        from mole_exp.io import write_atomic
+        from mole_exp.files import write_atomic
 
         write_atomic(args.json, json.dumps(as_json(comparisons), indent=2) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)

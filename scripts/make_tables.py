@@ -9,7 +9,7 @@ numbers come from the package (mole_exp/resources/paper_results.csv). --layout a
 runs are for. Files go to --out (default: the first folder given) as <table>.md, <table>.csv, <table>.tex.
 --intervals adds each cell's 95% interval (a bootstrap over the runs' predictions.jsonl, and over seeds);
 --reference <column> also marks cells significantly better (↑) or worse (↓) than that column's
-(mole_exp/evaluation/table_intervals.py).
+(mole_exp/reporting/table_intervals.py).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from mole_exp.evaluation.run_results import collect_runs
-from mole_exp.evaluation.table_layouts import LAYOUTS, detect_layouts
-from mole_exp.evaluation.table_render import render_markdown, write_table
-from mole_exp.evaluation.tables import build_table
+from mole_exp.reporting.run_results import collect_runs
+from mole_exp.reporting.table_layouts import LAYOUTS, detect_layouts
+from mole_exp.reporting.table_render import render_markdown, write_table
+from mole_exp.reporting.tables import build_table
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in layouts:
         table = build_table(name, runs)
         if args.intervals or args.reference:
-            from mole_exp.evaluation.table_intervals import add_intervals
+            from mole_exp.reporting.table_intervals import add_intervals
 
             try:
                 add_intervals(table, args.reference, args.resamples)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mole_exp.plots import plot_entropy, plot_heatmap  # noqa: E402
+from mole_exp.reporting.plots import plot_entropy, plot_heatmap  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere without installing
 
-from mole_exp.mini.settings import PRESETS  # noqa: E402
+from mole_exp.tools.mini.settings import PRESETS  # noqa: E402
 
 log = logging.getLogger("reproduce_mini")
 CONF_DIR = ROOT / "conf"
@@ -53,17 +53,17 @@ def compose(config_name: str, overrides: list[str]):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    for noisy in ("lightning", "lightning.pytorch", "mole_exp.pipeline", "mole_exp.evaluation.evaluator"):
+    for noisy in ("lightning", "lightning.pytorch", "mole_exp.training.pipeline", "mole_exp.evaluation.evaluator"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import dataclasses
 
     import torch
 
-    from mole_exp.expert_training import run_from_config
-    from mole_exp.mini.plan import make_plan
-    from mole_exp.mini.report import make_figures, write_outcomes, write_report
-    from mole_exp.mini.runner import run_all
-    from mole_exp.pipeline import build
+    from mole_exp.tools.expert_training import run_from_config
+    from mole_exp.tools.mini.plan import make_plan
+    from mole_exp.tools.mini.report import make_figures, write_outcomes, write_report
+    from mole_exp.tools.mini.runner import run_all
+    from mole_exp.training.config import build
 
     settings = PRESETS["fast" if args.fast else "full"]
     if args.seeds:

@@ -5,7 +5,7 @@
     python scripts/train_experts.py experts_training.library_dir=/path/lib experts_training.train.steps=500
 
 Compose the result with `python train.py experts=library experts.library_dir=<folder> model=<same model>`.
-Options: conf/train_experts.yaml; the logic lives in mole_exp/expert_training.py.
+Options: conf/train_experts.yaml; the logic lives in mole_exp/tools/expert_training.py.
 """
 
 import sys
@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
-from mole_exp.expert_training import run_from_config  # noqa: E402
+from mole_exp.tools.expert_training import run_from_config  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train_experts")

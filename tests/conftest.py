@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import mole_exp.resolvers  # noqa: F401
+import mole_exp.training.resolvers  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("MOLE_EXP_DATA", ROOT.parent / "shared" / "data"))
@@ -33,7 +33,7 @@ def _isolate_env(monkeypatch, cache_dir):
 
 
 def make_tiny(**overrides):
-    from mole_exp.models import build_tiny
+    from mole_exp.base.models import build_tiny
 
     return build_tiny(str(TOKENIZER_DIR), **overrides)
 
@@ -60,7 +60,7 @@ def tiny_base():
 
 @pytest.fixture
 def tiny_bank(tiny_base, cache_dir):
-    from mole_exp.experts import load_experts
+    from mole_exp.experts.loading import load_experts
 
     return load_experts(tiny_experts_cfg(cache_dir), tiny_base)
 

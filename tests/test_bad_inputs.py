@@ -12,14 +12,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mole_exp.experts import load_experts
-from mole_exp.pipeline import run
+from mole_exp.experts.loading import load_experts
+from mole_exp.training.pipeline import run
 from tests.conftest import ROOT, compose_cfg, make_tiny, needs_data, tiny_experts_cfg
 
 
 def library_copy(tmp_path, cache_dir, tiny_base):
     """A writable copy of the tiny library, as a plain `experts=library` folder."""
-    from mole_exp.experts import ensure_tiny_library
+    from mole_exp.experts.tiny_library import ensure_tiny_library
 
     source = ensure_tiny_library(tiny_base, str(cache_dir / "tiny_experts"), num_adapters=4, rank=4, alpha=8, targets=["q", "v"], seed=0)
     target = tmp_path / "library"
@@ -137,7 +137,7 @@ def test_non_finite_loss_stops_training_with_a_clear_error(tiny_base, tiny_bank)
     from functools import partial
 
     from mole_exp.composers.mole import MoLEComposer
-    from mole_exp.lit_module import ComposerLitModule
+    from mole_exp.training.lit_module import ComposerLitModule
 
     composer = MoLEComposer(gate={"granularity": "layer"})
     composer.compose(tiny_base, tiny_bank)
@@ -193,7 +193,7 @@ def test_a_missing_shared_data_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"local data file .*no_shared/glue/WNLI/train.tsv does not exist.*task.source=hub \(dataset 'nyu-mll/glue"):
         task.load()
     # the tiny model still builds without the shared vocabulary: a small one is trained, with a warning
-    from mole_exp.models import build_tiny
+    from mole_exp.base.models import build_tiny
 
     with pytest.warns(UserWarning, match="no T5 vocabulary"):
         base = build_tiny(str(tmp_path / "no_shared" / "t5_tokenizer"))
@@ -218,7 +218,7 @@ def test_empty_datasets(tmp_path):
 
 
 def test_expert_count_beyond_the_lorahub_list_fails_before_any_model_loads(tmp_path, monkeypatch):
-    from mole_exp import models
+    from mole_exp.base import models
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model must not be loaded")

@@ -1,4 +1,4 @@
-"""Issue 7's benchmark script on the tiny model, CPU: every configuration runs and is recorded with finite
+"""The MoLE benchmark script on the tiny model, CPU: every configuration runs and is recorded with finite
 numbers, and rank-space / stacked / loop / PEFT agree. No timing assertions (CI timings mean nothing)."""
 
 from __future__ import annotations
@@ -106,8 +106,8 @@ def test_markdown_report_is_written_next_to_the_json(bench_run):
         assert variant in markdown
 
 
-def test_issue_targets_are_evaluated_not_asserted():
-    from mole_exp.bench import evaluate_targets, render_markdown
+def test_gpu_targets_are_evaluated_not_asserted():
+    from mole_exp.tools.bench.report import evaluate_targets, render_markdown
 
     def record(variant, experts, ms, peak):
         return {"targets": "qv", "experts": experts, "variant": variant, "status": "ok", "step_ms_median": ms,
@@ -131,7 +131,7 @@ def test_issue_targets_are_evaluated_not_asserted():
     assert rows["MoLE peak memory - base peak (GiB), N=128"]["met"] is False
     result["targets"] = list(rows.values())
     markdown = render_markdown(result)
-    assert "skip (OOM est.)" in markdown and "Issue 7 targets" in markdown
+    assert "skip (OOM est.)" in markdown and "## Targets (for the GPU run" in markdown
 
 
 def test_bf16_autocast_with_bf16_experts_runs_every_variant(tmp_path):
@@ -165,7 +165,7 @@ def test_gate_readings_run_side_by_side(tmp_path):
 
 @pytest.mark.parametrize("readings", ["full", "full/all", "delta/per_expert,outputs/joint"])
 def test_bad_gate_readings_are_refused(readings, capsys):
-    from mole_exp.bench import parse_args
+    from mole_exp.tools.bench.cli import parse_args
 
     with pytest.raises(SystemExit):
         parse_args(["--gate-readings", readings])

@@ -23,10 +23,10 @@ from mole_exp.composers.mixer import MixerComposer
 from mole_exp.composers.nla import NLAComposer
 from mole_exp.composers.pems import PEMsComposer, simplex_grid
 from mole_exp.composers.single import SingleComposer
-from mole_exp.composers.token_router import top_k_weights
-from mole_exp.data import train_loader
-from mole_exp.lit_module import ComposerLitModule
-from mole_exp.pipeline import make_search_data
+from mole_exp.mole.token_router import top_k_weights
+from mole_exp.training.data import train_loader
+from mole_exp.training.fit import make_search_data
+from mole_exp.training.lit_module import ComposerLitModule
 from tests.conftest import compose_cfg, needs_data, needs_gpu
 
 
@@ -418,7 +418,7 @@ def test_bad_options_against_the_bank_raise_at_compose(tiny_base, tiny_bank, fac
     ids=["nla", "nla-eq1", "lorahub", "pems", "single", "mixer"],
 )
 def test_each_composer_runs_through_the_pipeline(tmp_path, smoke_overrides, composer):
-    from mole_exp.pipeline import run
+    from mole_exp.training.pipeline import run
 
     export = [f"export_dir={tmp_path / 'export'}"] if composer[0] != "composer=mixer" else []
     cfg = compose_cfg(smoke_overrides + ["task=nli", "task.only=[wnli]", "data.eval_limit=4"] + composer + export, output_dir=tmp_path / "run")

@@ -8,7 +8,7 @@ import io
 import logging
 import warnings
 
-from mole_exp.logs import DropMessages, TqdmConsoleHandler, silence_third_party_notices
+from mole_exp.training.logs import DropMessages, TqdmConsoleHandler, silence_third_party_notices
 
 TIP = "💡 Tip: For seamless cloud logging"
 

@@ -10,9 +10,10 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from mole_exp.experts import ensure_tiny_library, load_experts, precheck
-from mole_exp.pipeline import run
-from mole_exp.random_library import ensure_random_library, norms
+from mole_exp.experts.loading import load_experts, precheck
+from mole_exp.experts.random_library import ensure_random_library, norms
+from mole_exp.experts.tiny_library import ensure_tiny_library
+from mole_exp.training.pipeline import run
 from tests.conftest import compose_cfg, needs_data, tiny_experts_cfg
 
 
@@ -65,7 +66,7 @@ def test_random_library_bad_options_are_refused_before_loading(tiny_library, cac
 
 @needs_data
 def test_fresh_lora_trains_only_its_lora_on_moles_data_and_budget(tmp_path, smoke_overrides, monkeypatch):
-    from mole_exp import pipeline
+    from mole_exp.training import pipeline
 
     seen = {}
     original_fit = pipeline.fit
@@ -103,7 +104,7 @@ def test_fresh_lora_trains_only_its_lora_on_moles_data_and_budget(tmp_path, smok
     from transformers import AutoModelForSeq2SeqLM
 
     from mole_exp.composers.fresh_lora import FreshLoRAComposer
-    from mole_exp.pipeline import load_composer_state
+    from mole_exp.training.checkpoints import load_composer_state
     from tests.conftest import make_tiny
 
     exported = AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path / "export")).eval()
@@ -133,7 +134,7 @@ def test_base_alone_scores_the_unchanged_base(tmp_path, smoke_overrides):
 
 @needs_data
 def test_two_identical_mixer_runs_give_the_same_metrics_and_router_weights(tmp_path, smoke_overrides, monkeypatch):
-    from mole_exp import pipeline
+    from mole_exp.training import pipeline
 
     overrides = smoke_overrides + ["task=nli", "task.only=[wnli,anli_r1]", "composer=mixer", "trainer.max_steps=6",
                                    "optimizer.lr=0.05", "data.eval_limit=8"]

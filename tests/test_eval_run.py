@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from mole_exp.eval_run import allowed_keys, check_overrides, read_run_config
-from mole_exp.pipeline import run
+from mole_exp.training.eval_run import allowed_keys, check_overrides, read_run_config
+from mole_exp.training.pipeline import run
 from tests.conftest import ROOT, compose_cfg, needs_data
 from tests.test_run_folder import checksums
 

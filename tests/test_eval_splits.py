@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from mole_exp.pipeline import build, run
 from mole_exp.tasks.base import eval_subset
+from mole_exp.training.config import build
+from mole_exp.training.pipeline import run
 from tests.conftest import DATA_DIR, SMOKE, compose_cfg, needs_data
 
 pytestmark = needs_data

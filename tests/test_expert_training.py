@@ -10,13 +10,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from mole_exp.expert_training import LibraryExistsError, LoraSettings, train_library
-from mole_exp.experts import MANIFEST, load_experts
-from mole_exp.models import weights_fingerprint
-from mole_exp.seq2seq_training import TrainSettings
-from mole_exp.span_corruption import corrupt_spans
+from mole_exp.base.models import weights_fingerprint
+from mole_exp.experts.library import MANIFEST
+from mole_exp.experts.loading import load_experts
 from mole_exp.tasks import Task
-from mole_exp.tasks.synthetic import generate_splits
+from mole_exp.tools.expert_training import LibraryExistsError, LoraSettings, train_library
+from mole_exp.tools.mini.span_corruption import corrupt_spans
+from mole_exp.tools.mini.synthetic_tasks import generate_splits
+from mole_exp.tools.seq2seq_training import TrainSettings
 from tests.conftest import ROOT, TOKENIZER_DIR, make_tiny
 
 SUITE_ARGS = {"data_seed": 0, "num_train": 24, "num_test": 6, "alphabet_size": 6, "min_length": 3, "max_length": 5}
@@ -43,7 +44,7 @@ def library_cfg(folder, **extra):
      ("dedupe", "C A C D", "C A D"), ("reverse+shift", "C A J", "A B D")],
 )
 def test_letter_operations(kind, source, target):
-    from mole_exp.tasks.synthetic import LETTER_OPERATIONS, alphabet, operations
+    from mole_exp.tools.mini.synthetic_tasks import LETTER_OPERATIONS, alphabet, operations
 
     letters, symbols = source.split(), alphabet(10)
     for step in operations(kind):
@@ -70,7 +71,7 @@ def test_generated_splits_are_seeded_disjoint_and_correct():
 
 
 def test_pretraining_pool_never_holds_a_task_input():
-    from mole_exp.small_base import pretraining_examples
+    from mole_exp.tools.mini.small_base import pretraining_examples
 
     for kind in ("reverse", "add"):
         tasks = generate_splits(kind, 300, 100, data_seed=0)
@@ -97,7 +98,7 @@ def test_synthetic_task_configs_compose_and_load(tmp_path):
 
     for suite, datasets in (("synthetic", ["copy", "reverse", "sort", "shift", "dedupe", "add"]), ("synthetic_compose", ["reverse_shift"])):
         cfg = compose_cfg([f"task={suite}", "task.args.num_train=10", "task.args.num_test=4"], output_dir=tmp_path)
-        from mole_exp.pipeline import build
+        from mole_exp.training.config import build
 
         task = build(cfg.task, _convert_="all").load()
         assert task.dataset_names == datasets
@@ -123,7 +124,7 @@ def test_span_corruption_keeps_every_symbol_once():
 
 
 def test_small_base_is_pretrained_once_and_cached(tmp_path):
-    from mole_exp.small_base import build_small_synthetic
+    from mole_exp.tools.mini.small_base import build_small_synthetic
 
     architecture = {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2}
     pretrain = {"objective": "shuffled_tags", "kinds": ["copy", "add"], "examples_per_kind": 16, "data_seed": 1000, "alphabet_size": 6,
@@ -210,7 +211,7 @@ def test_a_finished_library_is_reused_never_overwritten(tmp_path):
 
 def test_train_experts_config_end_to_end(tmp_path):
     """conf/train_experts.yaml as scripts/train_experts.py composes it, with the tiny base."""
-    from mole_exp.expert_training import run_from_config
+    from mole_exp.tools.expert_training import run_from_config
 
     overrides = [
         "model=tiny", f"paths.data_dir={TOKENIZER_DIR.parent}", f"paths.outputs_dir={tmp_path}", "experts_training.tasks=[add]",
@@ -227,7 +228,7 @@ def test_train_experts_config_end_to_end(tmp_path):
 
 
 def test_joint_adapters_are_named_and_checked():
-    from mole_exp.expert_training import adapter_plan
+    from mole_exp.tools.expert_training import adapter_plan
 
     task = synthetic_task(("reverse", "shift", "add"))
     assert adapter_plan(task, ["add"], {"both": ["reverse", "shift"]}) == [("add", ["add"]), ("both", ["reverse", "shift"])]

@@ -89,7 +89,7 @@ def test_kill_9_in_a_per_dataset_run_resumes_that_unit_and_keeps_the_finished_on
 
 
 def test_same_seed_same_config_same_results(tmp_path, smoke_overrides):
-    from mole_exp.pipeline import run
+    from mole_exp.training.pipeline import run
     from tests.conftest import compose_cfg
 
     overrides = smoke_overrides + ["task=nli", "task.only=[wnli]", "trainer.max_steps=4", "optimizer.lr=0.05"]

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mole_exp.evaluation.unit_metrics import combine_unit_results
-from mole_exp.fit_units import plan_units, unit_seeds
-from mole_exp.pipeline import run
+from mole_exp.training.fit_units import plan_units, unit_seeds
+from mole_exp.training.pipeline import run
+from mole_exp.training.unit_metrics import combine_unit_results
 from tests.conftest import DATA_DIR, SMOKE, compose_cfg, needs_data
 
 # ---------------------------------------------------------------- plans and combined metrics (no model)
@@ -211,7 +211,7 @@ LORAHUB = ["composer=lorahub", "composer.budget=3", "composer.search_seeds=2", "
 
 
 def training_sources(overrides, dataset):
-    from mole_exp.pipeline import build
+    from mole_exp.training.config import build
 
     cfg = compose_cfg(overrides)
     task = build(cfg.task, _convert_="all").load(train_limit=cfg.data.train_limit, eval_limit=cfg.data.eval_limit)
@@ -289,7 +289,7 @@ def test_dry_run_shows_the_units(base_overrides, capsys):
 
 @needs_data
 def test_bad_fit_per_fails_before_anything_loads(base_overrides, monkeypatch):
-    from mole_exp import models
+    from mole_exp.base import models
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model must not be loaded")

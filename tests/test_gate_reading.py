@@ -11,9 +11,10 @@ import itertools
 import pytest
 import torch
 
-from mole_exp.composers.mole import MoLEComposer, inject_mole
-from mole_exp.gates import Gate
-from mole_exp.layers import MoLELinear
+from mole_exp.composers.mole import MoLEComposer
+from mole_exp.mole.gates import Gate
+from mole_exp.mole.inject import inject_mole
+from mole_exp.mole.layers import MoLELinear
 from tests.conftest import make_tiny
 from tests.test_gates import batch, gate_cfg, randomise_gates
 
@@ -286,8 +287,8 @@ def test_hidden_input_form_keeps_the_default_reading():
 
 
 def test_metrics_record_the_reading(tmp_path, smoke_overrides):
-    from mole_exp.io import read_json
-    from mole_exp.pipeline import run
+    from mole_exp.files import read_json
+    from mole_exp.training.pipeline import run
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg([*smoke_overrides, "composer=mole", "gate.expert_output=full", "gate.normalization=joint",

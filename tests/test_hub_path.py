@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from mole_exp.experts import ensure_tiny_library, packaged_id_list
-from mole_exp.hub_cache import seed_repo
+from mole_exp.base.hub_cache import seed_repo
+from mole_exp.experts.library import packaged_id_list
+from mole_exp.experts.tiny_library import ensure_tiny_library
 from tests.conftest import DATA_DIR, ROOT, make_tiny, needs_data
 
 pytestmark = needs_data
@@ -69,8 +70,8 @@ def test_without_cache_or_network_one_clear_error(tmp_path):
 
 def offline_run_missing_four(tmp_path, hub_cache, monkeypatch):
     """The model, two of three adapters and a dataset are not in the cache: one error lists the four."""
-    from mole_exp.hub import HubUnavailableError
-    from mole_exp.pipeline import run
+    from mole_exp.base.hub import HubUnavailableError
+    from mole_exp.training.pipeline import run
     from tests.conftest import compose_cfg
 
     cache, hub_ids = hub_cache
@@ -100,7 +101,7 @@ def test_offline_one_error_names_the_model_every_missing_adapter_and_dataset_wit
     assert hub_ids[0] not in message  # that one is in the cache
     assert "  - dataset nyu-mll/glue (wnli): hf download nyu-mll/glue --repo-type dataset" in message
     assert "MOLE_EXP_DATA=<folder>" in message and "no_shared_data (which does not exist)" in message
-    assert "../shared/data" in message and "python -m mole_exp.hub_cache <repo_id> <folder>" in message
+    assert "../shared/data" in message and "python -m mole_exp.base.hub_cache <repo_id> <folder>" in message
 
 
 def test_an_unreachable_hub_fails_as_fast_as_an_offline_one(tmp_path, hub_cache, monkeypatch):

@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mole_exp.evaluation.example_stats import dataset_stats
-from mole_exp.evaluation.intervals import (
+from mole_exp.evaluation.metrics import score
+from mole_exp.files import write_json, write_jsonl
+from mole_exp.reporting.example_stats import dataset_stats
+from mole_exp.reporting.intervals import (
     mean_interval,
     paired_difference,
     paired_run_scores,
     sacrebleu_paired,
     target_of,
 )
-from mole_exp.evaluation.metrics import score
-from mole_exp.io import write_json, write_jsonl
 from tests.conftest import ROOT
 
 REFERENCES = [["the cat sat on the mat"], ["a quick brown fox jumps over it"], ["hello world again"], ["this is a small test"],

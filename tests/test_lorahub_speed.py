@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 from mole_exp.composers.lorahub import LoRAHubComposer
 from mole_exp.composers.merge import InPlaceMerge, weighted_deltas
 from mole_exp.composers.stacked_merge import StackedMerge
-from mole_exp.data import collator, tokenize
-from mole_exp.search_loss import ExampleLoss
+from mole_exp.training.data import collator, tokenize
+from mole_exp.training.search_loss import ExampleLoss
 from tests.conftest import TOKENIZER_DIR
 
 
@@ -44,8 +44,8 @@ def candidates(count: int, num_experts: int, seed: int = 0) -> list[list[float]]
 
 
 def search_data(base, examples=EXAMPLES, eval_batch_size=4):
-    from mole_exp.bench_lorahub import FixedExamples
-    from mole_exp.pipeline import make_search_data
+    from mole_exp.tools.bench_lorahub import FixedExamples
+    from mole_exp.training.fit import make_search_data
 
     cfg = OmegaConf.create(
         {"seed": 0, "data": {"max_source_length": 128, "max_target_length": 16, "eval_batch_size": eval_batch_size, "mixture": "proportional", "mixture_cap": None}}
@@ -119,9 +119,9 @@ def test_prepared_loss_equals_the_loss_and_sees_the_current_weights(tiny_base, t
 
 
 def test_objective_matches_the_official_lorahub_package(tiny_base, tiny_bank):
-    """The official lorahub==0.1.0 objective (module cache cloned: see mole_exp/bench_lorahub.py) equals ours
+    """The official lorahub==0.1.0 objective (module cache cloned: see mole_exp/tools/bench_lorahub.py) equals ours
     to 1e-6 (relative) on the candidates of a search; without the clone it depends on what ran before."""
-    from mole_exp.bench_lorahub import Official, import_official, save_base
+    from mole_exp.tools.bench_lorahub import Official, import_official, save_base
 
     algorithm, why_not = import_official()
     if algorithm is None:
@@ -145,7 +145,7 @@ def test_objective_matches_the_official_lorahub_package(tiny_base, tiny_bank):
 
 
 def test_bench_lorahub_script_writes_json(tmp_path):
-    from mole_exp.bench_lorahub import main
+    from mole_exp.tools.bench_lorahub import main
 
     output = tmp_path / "bench.json"
     main(["--experts", "2", "--candidates", "3", "--repeats", "1", "--official", "skip", "--tokenizer-dir", str(TOKENIZER_DIR),

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mole_exp.io import RunExistsError
-from mole_exp.pipeline import run
+from mole_exp.files import RunExistsError
+from mole_exp.training.pipeline import run
 from tests.conftest import compose_cfg, needs_data
 
 pytestmark = needs_data
@@ -18,7 +18,7 @@ NLI = ["anli_r1", "anli_r2", "anli_r3", "qnli", "wnli"]
 
 
 def test_mole_trains_only_gates_and_writes_results(tmp_path, smoke_overrides, monkeypatch):
-    from mole_exp import pipeline
+    from mole_exp.training import pipeline
 
     captured = {}
     original_fit = pipeline.fit

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mole_exp.plots import plot_entropy, plot_heatmap
+from mole_exp.reporting.plots import plot_entropy, plot_heatmap
 
 
 def write_run(folder, alpha, steps=5):
@@ -39,7 +39,7 @@ def test_a_run_without_gate_statistics_is_a_clear_error(tmp_path):
 
 
 def test_a_run_fitted_per_dataset_plots_one_line_per_unit_and_one_heatmap_per_chosen_unit(tmp_path):
-    from mole_exp.plots import read_stats
+    from mole_exp.reporting.plots import read_stats
 
     folder = tmp_path / "per_dataset"
     write_run(folder, 0.5)
@@ -59,13 +59,13 @@ def write_sweep_member(folder, granularity, names=("nli_a", "nli_b", "nli_c"), s
     write_run(folder, 0.5, steps=steps)
     (folder / "config.yaml").write_text(
         f"composer:\n  name: mole\n  alpha: 0.5\n  gate:\n    granularity: {granularity}\ngate:\n  granularity: {granularity}\n"
-        f"model:\n  _target_: mole_exp.models.build_tiny\n  d_ff: 128\nseed: 0\n"
+        f"model:\n  _target_: mole_exp.base.models.build_tiny\n  d_ff: 128\nseed: 0\n"
     )
     (folder / "metrics.json").write_text(json.dumps({"status": "completed", "experts": {"names": list(names), "count": len(names)}}))
 
 
 def test_figure5_legends_carry_what_differs_ticks_are_integers_experts_are_named(tmp_path):
-    from mole_exp.plots import entropy_figure
+    from mole_exp.reporting.plots import entropy_figure
 
     write_sweep_member(tmp_path / "sweep" / "0_gate=layer", "layer")
     write_sweep_member(tmp_path / "sweep" / "1_gate=block", "block")

@@ -14,9 +14,10 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from mole_exp.expert_catalogue import DATASET_FAMILY, lorahub_modules, lorahub_modules_for, pool_datasets
-from mole_exp.experts import load_experts, packaged_id_list, select_pool
-from mole_exp.pipeline import run
+from mole_exp.experts.catalogue import DATASET_FAMILY, lorahub_modules, lorahub_modules_for, pool_datasets
+from mole_exp.experts.library import packaged_id_list
+from mole_exp.experts.loading import load_experts, select_pool
+from mole_exp.training.pipeline import run
 from tests.conftest import DATA_DIR, ROOT, SMOKE, compose_cfg, needs_data, tiny_experts_cfg
 
 HUB = "lorahub/flan_t5_large-"

@@ -104,7 +104,7 @@ def train_table5_lora(tmp_path: Path) -> Path:
     with experts_training.joint), checked in its manifest."""
     from hydra import compose, initialize_config_dir
 
-    from mole_exp.expert_training import run_from_config
+    from mole_exp.tools.expert_training import run_from_config
 
     overrides = [*TABLE5_SHAPE, "task=nli", f"paths.data_dir={DATA_DIR}", f"paths.outputs_dir={tmp_path}",
                  "experts_training.tasks=[]", f"experts_training.joint={{{TABLE5_LORA}:[anli_r1,anli_r2,qnli]}}",
@@ -134,7 +134,7 @@ def one_torch_thread():
 def test_table5_smoke_trains_the_joint_lora_and_runs_a_slice(tmp_path, one_torch_thread):
     """The fast Table 5 smoke: the joint LoRA trained, then one member of the preset, its top 20% slice (the slow
     test below runs all six and the table)."""
-    from mole_exp.pipeline import run
+    from mole_exp.training.pipeline import run
 
     library = train_table5_lora(tmp_path)
     smoke = [o for o in SMOKE if not o.startswith(("model=", "experts=", "data.eval_limit"))]
@@ -171,7 +171,7 @@ def test_table5_smoke_trains_the_joint_lora_and_runs_the_six_slices(tmp_path, on
 @needs_data
 def test_table5_refuses_a_library_without_its_joint_lora(tmp_path):
     """No silent stand-in (the ANLI-R1 LoRA, say): a library lacking the joint adapter fails before any model loads."""
-    from mole_exp.pipeline import run
+    from mole_exp.training.pipeline import run
 
     library = tmp_path / "lib"
     library.mkdir()

@@ -1,4 +1,4 @@
-"""The memory-lean rank-space autograd (mole_exp/rank_space.py): exact gradients, and what it keeps for
+"""The memory-lean rank-space autograd (mole_exp/mole/rank_space.py): exact gradients, and what it keeps for
 backward compared with rank_space_saved (device-independent: the tensors autograd saves)."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mole_exp import rank_space
-from mole_exp.composers.mole import inject_mole
+from mole_exp.mole import rank_space
+from mole_exp.mole.inject import inject_mole
 from tests.conftest import make_tiny, needs_gpu
 from tests.test_gates import batch, gate_cfg, randomise_gates
 

@@ -33,7 +33,7 @@ def overrides_of(command: str) -> tuple[str, list[str]]:
 def test_every_run_command_goes_through_the_venv_and_composes():
     from hydra import compose, initialize_config_dir
 
-    from mole_exp.eval_run import check_overrides
+    from mole_exp.training.eval_run import check_overrides
 
     commands = run_section_commands()
     assert len(commands) >= 5

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from mole_exp.mini.history import in_force
-from mole_exp.mini.plan import RunSpec, make_plan
-from mole_exp.mini.runner import compose_train_config
-from mole_exp.mini.settings import FAST, FULL
-from mole_exp.mini.tables import dataset_table, format_cell
+from mole_exp.tools.mini.history import in_force
+from mole_exp.tools.mini.plan import RunSpec, make_plan
+from mole_exp.tools.mini.runner import compose_train_config
+from mole_exp.tools.mini.settings import FAST, FULL
+from mole_exp.tools.mini.tables import dataset_table, format_cell
 from tests.conftest import DATA_DIR, ROOT
 
 CONF = ROOT / "conf"
@@ -55,7 +55,7 @@ def test_plan_covers_every_study_and_composes_into_valid_configs(tmp_path):
 
 
 def test_settings_history_is_the_settings_in_force():
-    """A setting of the full run changes only with an entry in mole_exp/mini/history.py."""
+    """A setting of the full run changes only with an entry in mole_exp/tools/mini/history.py."""
     for key, value in in_force().items():
         assert f"{key}={value}" in FULL.compose, (key, value)
 
@@ -122,8 +122,8 @@ def test_fast_reproduction_end_to_end(tmp_path, monkeypatch):
 
 
 def test_claim_verdicts_follow_the_intervals(tmp_path):
-    from mole_exp.evaluation.intervals import Interval
-    from mole_exp.mini.claims import NO_LOSS, Claim, Comparison, make_claims
+    from mole_exp.reporting.intervals import Interval
+    from mole_exp.tools.mini.claims import NO_LOSS, Claim, Comparison, make_claims
 
     def compared(low, high, kind="above"):
         interval = Interval((low + high) / 2, low, high, None, 1000, 3, 600, "two-level paired bootstrap")

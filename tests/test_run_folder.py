@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from mole_exp.io import write_atomic, write_json
-from mole_exp.run_folder import HOLDER_FILE, RunLock, end_state
+from mole_exp.files import write_atomic, write_json
+from mole_exp.training.run_folder import HOLDER_FILE, RunLock, end_state
 from tests.conftest import DATA_DIR, ROOT, needs_data
 
 TINY = ["task=nli", "task.only=[wnli]", "composer=mole", "model=tiny", "experts=tiny", "trainer=cpu", "trainer.max_steps=2",
@@ -67,7 +67,7 @@ def test_a_refused_run_leaves_the_finished_folder_byte_for_byte(tmp_path):
 
 # ---- 2. one writer per run folder -----------------------------------------------------------------------
 
-TRY_LOCK = "import sys; from mole_exp.run_folder import RunLock; RunLock(sys.argv[1]).acquire(); print('acquired')"
+TRY_LOCK = "import sys; from mole_exp.training.run_folder import RunLock; RunLock(sys.argv[1]).acquire(); print('acquired')"
 
 
 def test_a_second_process_is_refused_naming_the_holder(tmp_path):
@@ -86,7 +86,7 @@ def test_a_second_process_is_refused_naming_the_holder(tmp_path):
 
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, caplog):
     folder = tmp_path / "run"
-    die_holding = "import os, sys; from mole_exp.run_folder import RunLock; RunLock(sys.argv[1]).acquire(); os.kill(os.getpid(), 9)"
+    die_holding = "import os, sys; from mole_exp.training.run_folder import RunLock; RunLock(sys.argv[1]).acquire(); os.kill(os.getpid(), 9)"
     killed = subprocess.run([sys.executable, "-c", die_holding, str(folder)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert killed.returncode == -signal.SIGKILL
     stale = json.loads((folder / HOLDER_FILE).read_text())
@@ -118,7 +118,7 @@ def test_resume_of_a_folder_in_use_is_refused_before_anything_loads(tmp_path):
 def test_gate_statistics_never_repeat_a_step(tmp_path):
     from types import SimpleNamespace
 
-    from mole_exp.lit_module import GateStatisticsWriter
+    from mole_exp.training.lit_module import GateStatisticsWriter
 
     path = tmp_path / "gate_stats.jsonl"
     path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(10)))  # written past the checkpoint
@@ -222,7 +222,7 @@ def test_results_files_get_the_users_umask(tmp_path, umask, file_mode, dir_mode)
     script = textwrap.dedent(f"""
         import os, sys
         os.umask({umask})
-        from mole_exp.io import write_json, write_jsonl, staging_dir
+        from mole_exp.files import write_json, write_jsonl, staging_dir
         write_json(sys.argv[1] + "/metrics.json", {{"a": 1}})
         write_jsonl(sys.argv[1] + "/predictions.jsonl", [{{"a": 1}}])
         print(staging_dir(sys.argv[1], ".staging-"))

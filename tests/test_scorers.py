@@ -13,7 +13,7 @@ from tests.conftest import DATA_DIR, TOKENIZER_DIR, compose_cfg, needs_data
 @pytest.mark.parametrize(
     "prediction, reference, lorahub, strict",
     [
-        ("yes", "Yes", 100.0, 0.0),  # the issue's case: LoRAHub folds case, the strict form does not
+        ("yes", "Yes", 100.0, 0.0),  # LoRAHub folds case, the strict form does not
         ("(A).", "(A)", 100.0, 100.0),  # strict: the BBH answer drops a final period
         ("(a)", "(A)", 100.0, 0.0),
         ("  True \n", "True", 100.0, 100.0),
@@ -30,7 +30,7 @@ def test_bbh_scorer_cases(prediction, reference, lorahub, strict):
     assert score("bbh_em", [prediction], [[reference]], "strict")[0]["em"] == strict
 
 
-def test_the_issues_case_and_the_normalisations_by_name():
+def test_case_folding_and_the_normalisations_by_name():
     assert get_metric("bbh_em").fn(["yes"], [["Yes"]])["em"] == 100.0
     assert get_metric("bbh_em").fn(["yes"], [["Yes"]], normalization="strict")["em"] == 0.0
     assert lorahub_normalize(" The End. ") == "the end"
@@ -55,7 +55,7 @@ def test_unknown_or_unsupported_normalisation_is_refused():
 
 @needs_data
 def test_the_normalisation_is_a_task_option_checked_before_loading(tmp_path):
-    from mole_exp.pipeline import build
+    from mole_exp.training.config import build
 
     bbh = build(compose_cfg(["task=bbh", "task.only=[date_understanding]", f"paths.data_dir={DATA_DIR}"]).task, _convert_="all")
     assert bbh.specs["date_understanding"].normalization == "lorahub"
@@ -72,7 +72,7 @@ def test_lorahub_scorer_equals_the_official_packages():
     """The official package's `lorahub_inference` scores generations with its own accuracy_score; a stand-in
     model hands it fixed generations, and its accuracy must equal ours on the texts it decoded."""
     algorithm = pytest.importorskip("lorahub.algorithm", reason="the official lorahub==0.1.0 package is not installed")
-    from mole_exp.models import load_t5_tokenizer
+    from mole_exp.base.models import load_t5_tokenizer
 
     tokenizer = load_t5_tokenizer(str(TOKENIZER_DIR))
     generations = ["(A)", "yes.", "(b)", "False", "No", "3.5", "(C) 12/25/1937", "valid"]
@@ -98,7 +98,7 @@ def test_lorahub_scorer_equals_the_official_packages():
 @needs_data
 def test_bbh_lorahub_prompt_is_lorahubs_zero_shot_form():
     """LoRAHub's BBH inputs (its example.py, data_bbh zero_shot.jsonl): the task's description, then "Q: ...\\nA:"."""
-    from mole_exp.pipeline import build
+    from mole_exp.training.config import build
 
     task = build(compose_cfg(["task=bbh", "task.only=[date_understanding]", "task.args.prompt=lorahub", f"paths.data_dir={DATA_DIR}"]).task,
                  _convert_="all").load(need_train=False, eval_limit=3)

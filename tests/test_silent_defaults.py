@@ -11,7 +11,8 @@ import shutil
 
 import pytest
 
-from mole_exp.experts import ensure_tiny_library, load_experts
+from mole_exp.experts.loading import load_experts
+from mole_exp.experts.tiny_library import ensure_tiny_library
 from tests.conftest import compose_cfg, needs_data
 from tests.test_bad_inputs import library_cfg, library_copy
 
@@ -56,8 +57,8 @@ def test_target_modules_are_checked_against_the_weights(tmp_path, cache_dir, tin
 
 @needs_data
 def test_exploding_gates_stop_in_the_first_steps_with_their_statistics(tmp_path, smoke_overrides):
-    from mole_exp.gate_guard import GateCollapseError
-    from mole_exp.pipeline import run
+    from mole_exp.training.gate_guard import GateCollapseError
+    from mole_exp.training.pipeline import run
 
     run_dir = tmp_path / "run"
     cfg = compose_cfg(smoke_overrides + ["task=nli", "task.only=[wnli]", "trainer.max_steps=20", "optimizer.lr=1e30"], output_dir=run_dir)
@@ -73,7 +74,7 @@ def test_exploding_gates_stop_in_the_first_steps_with_their_statistics(tmp_path,
 
 
 def test_the_gate_guard_settings_are_checked():
-    from mole_exp.gate_guard import check_settings
+    from mole_exp.training.gate_guard import check_settings
 
     check_settings(None)
     check_settings({"within_steps": 10, "min_entropy": 0.001})

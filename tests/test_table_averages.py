@@ -13,10 +13,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from mole_exp.evaluation.metrics import AVERAGE, metric_key
-from mole_exp.evaluation.paper import last_digit_unit, load_paper_results, our_dataset
-from mole_exp.evaluation.run_results import collect_runs
-from mole_exp.evaluation.table_render import render_markdown
-from mole_exp.evaluation.tables import build_table
+from mole_exp.reporting.paper import last_digit_unit, load_paper_results, our_dataset
+from mole_exp.reporting.run_results import collect_runs
+from mole_exp.reporting.table_render import render_markdown
+from mole_exp.reporting.tables import build_table
 from tests.conftest import compose_cfg
 from tests.test_tables import BBH6, BBH7, RunWriter, column, md_row, note_text
 

@@ -11,11 +11,11 @@ import io
 import pytest
 from omegaconf import OmegaConf
 
-from mole_exp.evaluation.run_results import collect_runs
-from mole_exp.evaluation.table_intervals import BETTER, WORSE, add_intervals
-from mole_exp.evaluation.table_render import render_csv, render_latex, render_markdown
-from mole_exp.evaluation.tables import build_table
-from mole_exp.io import write_jsonl
+from mole_exp.files import write_jsonl
+from mole_exp.reporting.run_results import collect_runs
+from mole_exp.reporting.table_intervals import BETTER, WORSE, add_intervals
+from mole_exp.reporting.table_render import render_csv, render_latex, render_markdown
+from mole_exp.reporting.tables import build_table
 from tests.conftest import compose_cfg
 from tests.test_tables import NLI, RunWriter, column, load_cli, md_row
 

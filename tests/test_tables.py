@@ -18,13 +18,13 @@ import pytest
 from omegaconf import OmegaConf
 
 from mole_exp.evaluation.metrics import AVERAGE, metric_key
-from mole_exp.evaluation.paper import OUR_DATASET, flagged_averages, load_paper_results
-from mole_exp.evaluation.run_results import collect_runs
-from mole_exp.evaluation.table_columns import PAPER_MODEL
-from mole_exp.evaluation.table_layouts import detect_layouts
-from mole_exp.evaluation.table_render import render_csv, render_latex, render_markdown
-from mole_exp.evaluation.tables import build_table
-from mole_exp.io import write_atomic, write_json
+from mole_exp.files import write_atomic, write_json
+from mole_exp.reporting.paper import OUR_DATASET, flagged_averages, load_paper_results
+from mole_exp.reporting.run_results import collect_runs
+from mole_exp.reporting.table_columns import PAPER_MODEL
+from mole_exp.reporting.table_layouts import detect_layouts
+from mole_exp.reporting.table_render import render_csv, render_latex, render_markdown
+from mole_exp.reporting.tables import build_table
 from tests.conftest import ROOT, compose_cfg
 
 NLI = ["anli_r1", "anli_r2", "anli_r3", "qnli", "wnli"]
@@ -39,7 +39,7 @@ def base_config() -> dict:
 
 
 class RunWriter:
-    """Writes a run folder as `mole_exp.pipeline.run` does: config.yaml first, metrics.json last (if it finished)."""
+    """Writes a run folder as `mole_exp.training.pipeline.run` does: config.yaml first, metrics.json last (if it finished)."""
 
     def __init__(self, base_config: dict):
         self.base = base_config

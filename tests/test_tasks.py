@@ -230,7 +230,7 @@ def test_hub_rows_get_the_same_preprocessing(monkeypatch):
 
 # ---------------------------------------------------------------- end to end, one tiny run per suite
 def run_suite(suite: str, smoke_overrides, tmp_path):
-    from mole_exp.pipeline import run
+    from mole_exp.training.pipeline import run
 
     run_dir = tmp_path / "run"
     metrics = run(compose_cfg(smoke_overrides + [f"task={suite}", "composer=mole"], output_dir=run_dir))

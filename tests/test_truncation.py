@@ -63,7 +63,7 @@ def test_a_5000_word_premise_is_cut_so_the_question_and_options_survive(suite, c
 
 @needs_data
 def test_the_pipeline_records_and_flags_cut_inputs(tmp_path, smoke_overrides):
-    from mole_exp.pipeline import run
+    from mole_exp.training.pipeline import run
     from tests.conftest import compose_cfg
 
     run_dir = tmp_path / "run"

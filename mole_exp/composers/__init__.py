@@ -1,4 +1,7 @@
-"""Composition methods, one module each, registered by name (see base.py for the interface)."""
+"""Composition methods, one module each, registered by name (base.py: the interface every one follows).
+
+Thin: each turns its config into the mechanism (mole/) or into a merge of the experts into the base.
+"""
 
 from mole_exp.composers.base import COMPOSERS, Composer, SearchData, register_composer
 from mole_exp.composers.fresh_lora import FreshLoRAComposer

@@ -11,7 +11,7 @@ name. The pipeline treats them all alike:
     composer.summary()                           # what to record in metrics.json
     composer.release()                           # undo compose (the next fit unit composes a fresh composer)
 
-With `fit_per: dataset` the pipeline repeats this once per evaluated dataset (mole_exp/fit_units.py).
+With `fit_per: dataset` the pipeline repeats this once per evaluated dataset (mole_exp/training/fit_units.py).
 
 A composer never reads task configuration; the pipeline hands it only what it needs.
 """
@@ -26,8 +26,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
-from mole_exp.experts import ExpertBank
-from mole_exp.models import BaseModel
+from mole_exp.base.models import BaseModel
+from mole_exp.experts.bank import ExpertBank
 
 COMPOSERS: dict[str, type[Composer]] = {}
 FIT_PER = ("suite", "dataset")
@@ -49,7 +49,7 @@ class SearchData:
     """What a gradient-free composer may use: the training mixture's examples and a loss to score them.
 
     `loss(examples)` is the mean token cross-entropy of the current model on (source, target) pairs
-    (mole_exp/search_loss.py).
+    (mole_exp/training/search_loss.py).
     """
 
     train_examples: list[dict[str, Any]]
@@ -86,7 +86,7 @@ class Composer(ABC):
             raise ValueError(f"composer.name={name!r} but this is the {self.name!r} composer ({type(self).__name__})")
         if fit_per is not None and fit_per not in FIT_PER:
             raise ValueError(f"composer.fit_per={fit_per!r} is not one of {list(FIT_PER)} (or null for a composer that fits nothing)")
-        self.fit_per = fit_per  # one composition per suite or per evaluated dataset (mole_exp/fit_units.py)
+        self.fit_per = fit_per  # one composition per suite or per evaluated dataset (mole_exp/training/fit_units.py)
         self.mask_spec = list(mask) if mask else []
         self.base: BaseModel | None = None
         self.bank: ExpertBank | None = None

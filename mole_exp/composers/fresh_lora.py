@@ -23,10 +23,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from mole_exp.base.models import BaseModel
 from mole_exp.composers.base import Composer, register_composer
 from mole_exp.composers.merge import export_merged
-from mole_exp.experts import ExpertBank
-from mole_exp.models import BaseModel
+from mole_exp.experts.bank import ExpertBank
 
 LIBRARY_RANK = "library"
 

@@ -17,7 +17,7 @@ LoRAHub's protocol (the defaults): each evaluated task is fitted on its own (`fi
 examples are a seeded sample of that dataset's training rows; `fit_per: suite` samples them from the
 suite's training mixture instead), and the search is repeated `search_seeds` (5) times with independent
 seeds, each with its own few-shot draw and nevergrad seed; each search is evaluated and metrics.json
-reports the mean over them with their std (the pipeline's fit units, mole_exp/fit_units.py). The seed of
+reports the mean over them with their std (the pipeline's fit units, mole_exp/training/fit_units.py). The seed of
 search k is base * search_seeds + k, base = `seed` or the run's seed (LoRAHub's own default is 42).
 
 Differences from LoRAHub's code, by design: candidates are merged into the base weights in place

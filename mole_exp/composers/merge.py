@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from mole_exp.experts import ExpertBank, TargetExperts
-from mole_exp.models import BaseModel
+from mole_exp.base.models import BaseModel
+from mole_exp.experts.bank import ExpertBank, TargetExperts
 
 MERGES = ("exact", "factors")
 FACTOR_FORMS = ("lorahub", "peft")

@@ -32,13 +32,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from mole_exp.base.family import GRANULARITIES
+from mole_exp.base.models import BaseModel
 from mole_exp.composers.base import Composer, register_composer
-from mole_exp.composers.mole import attach_router, detach_router
-from mole_exp.composers.token_router import TopKRouter, balance_loss, specialization_loss
-from mole_exp.experts import ExpertBank
-from mole_exp.family import GRANULARITIES
-from mole_exp.gates import Gate
-from mole_exp.models import BaseModel
+from mole_exp.experts.bank import ExpertBank
+from mole_exp.mole.gates import Gate
+from mole_exp.mole.inject import attach_router, detach_router
+from mole_exp.mole.token_router import TopKRouter, balance_loss, specialization_loss
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import torch.nn as nn
 
+from mole_exp.base.models import BaseModel
 from mole_exp.composers.base import register_composer
 from mole_exp.composers.merge import FACTOR_FORMS, MERGES, check_choice, check_count, check_weights
 from mole_exp.composers.static import StaticComposer
-from mole_exp.experts import ExpertBank
-from mole_exp.models import BaseModel
+from mole_exp.experts.bank import ExpertBank
 
 
 def nla_weights(given: list[float] | None, num_experts: int, normalize: bool) -> list[float]:

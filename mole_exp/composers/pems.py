@@ -30,11 +30,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from mole_exp.base.models import BaseModel
 from mole_exp.composers.base import SearchData, register_composer
 from mole_exp.composers.merge import FACTOR_FORMS, MERGES, check_choice, check_count, check_weights
 from mole_exp.composers.static import StaticComposer
-from mole_exp.experts import ExpertBank
-from mole_exp.models import BaseModel
+from mole_exp.experts.bank import ExpertBank
 
 STRATEGIES = ("sequential", "simplex")
 CRITERIA = ("loss", "score")

@@ -2,7 +2,7 @@
 
 `expert: <name or index>` merges that expert once. `expert: matched` merges, before each evaluated
 dataset, the expert trained on it (its library manifest entry's `task`, or `tasks`; LoRAHub modules: the
-packaged map, mole_exp/expert_catalogue.py), restoring the base first, in place, so each dataset is
+packaged map, mole_exp/experts/catalogue.py), restoring the base first, in place, so each dataset is
 evaluated with its own LoRA.
 """
 
@@ -12,10 +12,10 @@ from typing import Any
 
 import torch.nn as nn
 
+from mole_exp.base.models import BaseModel
 from mole_exp.composers.base import register_composer
 from mole_exp.composers.static import StaticComposer
-from mole_exp.experts import ExpertBank
-from mole_exp.models import BaseModel
+from mole_exp.experts.bank import ExpertBank
 
 MATCHED = "matched"
 

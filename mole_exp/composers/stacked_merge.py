@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from mole_exp.composers.merge import MERGES, check_choice, factor_coefficients
-from mole_exp.experts import ExpertBank
+from mole_exp.experts.bank import ExpertBank
 
 
 @dataclass

@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from mole_exp.base.models import BaseModel
 from mole_exp.composers.base import Composer
 from mole_exp.composers.merge import export_merged
 from mole_exp.composers.stacked_merge import StackedMerge
-from mole_exp.experts import ExpertBank
-from mole_exp.models import BaseModel
+from mole_exp.experts.bank import ExpertBank
 
 
 class StaticComposer(Composer):

@@ -31,7 +31,7 @@ def _load_rows(kind: str, path, **kwargs) -> list[dict[str, Any]]:
 def _load_hub(path: str, name: str | None, split: str) -> list[dict[str, Any]]:
     import datasets
 
-    from mole_exp.hub import from_hub
+    from mole_exp.base.hub import from_hub
 
     return list(from_hub("dataset", path, lambda: datasets.load_dataset(path, name, split=split)))
 

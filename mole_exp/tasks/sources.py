@@ -2,7 +2,7 @@
 
 Local jsonl/csv files go through `datasets.load_dataset("json"/"csv", data_files=...)`; XML, SGML and
 plain-text formats are parsed by the loaders themselves. Every Hub access goes through
-`mole_exp.hub.from_hub`, so an offline machine gets one clear error naming the Hub id.
+`mole_exp.base.hub.from_hub`, so an offline machine gets one clear error naming the Hub id.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def hub_rows(hub_id: str, config: str | None, split: str, limit: int | None = No
     """A split of a Hub dataset; with `limit`, only its first `limit` rows, streamed (for corpora of millions of rows)."""
     import datasets
 
-    from mole_exp.hub import from_hub
+    from mole_exp.base.hub import from_hub
 
     def load() -> list[dict[str, Any]]:
         datasets.disable_progress_bars()

@@ -99,7 +99,7 @@ def load_wmt16(
     hub_config: str = "de-en",
     hub_train_rows: int = 30000,
 ) -> LoadedSplits:
-    from mole_exp.hub import HubUnavailableError
+    from mole_exp.base.hub import HubUnavailableError
 
     direction = f"{source_lang}->{target_lang}"
     if source != "hub":
@@ -115,4 +115,4 @@ def load_wmt16(
     return LoadedSplits(train, test, f"hub {hub_id} ({hub_config}) {direction}: first {hub_train_rows} train pairs / test (newstest2016)")
 
 
-load_wmt16.hub_optional = True  # without the Hub it is recorded as skipped, not an error (mole_exp/hub_preflight.py)
+load_wmt16.hub_optional = True  # without the Hub it is recorded as skipped, not an error (mole_exp/training/hub_preflight.py)

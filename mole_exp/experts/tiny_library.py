@@ -1,0 +1,75 @@
+"""The tiny library: seeded random PEFT LoRA adapters for a tiny base, made by PEFT itself on first use and
+cached under a hash of their settings (for smoke runs, tests and CI)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+
+from mole_exp.base.models import BaseModel, weights_fingerprint
+from mole_exp.experts.library import MANIFEST
+from mole_exp.files import staging_dir
+
+
+def tiny_expert_name(index: int) -> str:
+    return f"tiny_expert_{index:02d}"
+
+
+def ensure_tiny_library(
+    base: BaseModel,
+    library_dir: str,
+    num_adapters: int = 8,
+    rank: int = 4,
+    alpha: int = 8,
+    targets: list[str] | tuple[str, ...] = ("q", "v"),
+    seed: int = 0,
+) -> Path:
+    """A library of seeded random PEFT LoRA adapters for a tiny base, generated on first use and cached."""
+    from peft import LoraConfig, get_peft_model
+
+    spec = {"base_model_id": base.model_id, "n": num_adapters, "r": rank, "alpha": alpha, "targets": list(targets), "seed": seed}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    folder = Path(os.path.expanduser(str(library_dir))) / key
+    if (folder / MANIFEST).exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_dir(folder.parent, f".{key}-")
+    adapters = []
+    rng_state = torch.random.get_rng_state()
+    try:
+        for i in range(num_adapters):
+            name = tiny_expert_name(i)
+            torch.manual_seed(seed * 10_000 + i)
+            peft_model = get_peft_model(
+                copy.deepcopy(base.model),
+                LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, init_lora_weights=False),
+            )
+            peft_model.peft_config["default"].base_model_name_or_path = base.model_id
+            peft_model.save_pretrained(str(staging / name), save_embedding_layers=False)
+            adapters.append({"name": name, "path": name, "task": name, "rank": rank, "targets": list(targets)})
+        manifest = {
+            "kind": "tiny-random",
+            "base_model_id": base.model_id,
+            "base_fingerprint": weights_fingerprint(base.model),
+            "adapters": adapters,
+            **{k: v for k, v in spec.items() if k != "base_model_id"},
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        try:
+            os.rename(staging, folder)
+        except OSError:  # another process made it first: theirs is equivalent (same seed)
+            shutil.rmtree(staging, ignore_errors=True)
+    finally:
+        torch.random.set_rng_state(rng_state)
+        if staging.exists() and staging != folder:
+            shutil.rmtree(staging, ignore_errors=True)
+    if not (folder / MANIFEST).exists():
+        warnings.warn(f"tiny library at {folder} could not be created", stacklevel=2)
+    return folder

@@ -1,0 +1,111 @@
+"""Injecting the mechanism into a frozen base and taking it out again.
+
+`inject_mole` wraps every adapted linear of the base in a MoLELinear (its stacked experts, its gate scope, its
+token stream) and attaches a Router holding one Gate per scope of the granularity (`ModelFamily.scope`) as
+`model.mole_gate`; `attach_router` does the wrapping for any router (the mixer's token router too) and
+`detach_router` undoes it: every base linear back in place, the router's hooks and attribute removed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mole_exp.base.family import GRANULARITIES
+from mole_exp.base.models import BaseModel
+from mole_exp.experts.bank import ExpertBank
+from mole_exp.mole.gates import DEFAULT_READING, Gate, check_reading
+from mole_exp.mole.layers import MoLELinear
+from mole_exp.mole.routing import Router
+
+
+def inject_mole(
+    base: BaseModel,
+    bank: ExpertBank,
+    gate_cfg: dict[str, Any],
+    implementation: str = "rank_space",
+    expert_dtype: torch.dtype | None = None,
+) -> Router:
+    """Replace every adapted linear of `base.model` by a MoLELinear and attach the gates as `mole_gate`.
+
+    `expert_dtype`: the dtype the frozen experts are held in (None: the model's). bfloat16 halves their
+    memory (N=128 on FLAN-T5-large, q/v: 2.4 GB in float32) and loses nothing under bf16 autocast, whose
+    matmuls round them to bf16 anyway."""
+    granularity = gate_cfg.get("granularity", "layer")
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"gate.granularity={granularity!r} is not one of {list(GRANULARITIES)}")
+    model, family = base.model, base.family
+    if hasattr(model, "mole_gate"):
+        raise ValueError("this model already has MoLE gates; compose a fresh base")
+    input_form = gate_cfg.get("input_form", "concat")
+    # order the adapted linears as the model runs them (named_modules order is execution order for T5)
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    module_names = sorted(bank.targets, key=order.__getitem__)
+    gates: dict[str, Gate] = {}
+    gate_inputs: dict[str, str] = {}
+    for name in module_names:
+        scope = family.scope(name, granularity)
+        if scope in gates:
+            continue
+        linear = model.get_submodule(name)
+        feature_dim = linear.in_features if input_form == "hidden" else linear.out_features
+        gates[scope] = Gate(
+            num_experts=len(bank),
+            feature_dim=feature_dim,
+            input_form=input_form,
+            scope=gate_cfg.get("scope", "sequence"),
+            temperature=dict(gate_cfg.get("temperature") or {}),
+            init_std=float(gate_cfg.get("init_std", 0.0)),
+            **gate_reading(gate_cfg),
+        )
+        gate_inputs[scope] = name
+    router = Router(gates, gate_inputs, num_experts=len(bank), implementation=implementation)
+    return attach_router(base, bank, module_names, granularity, router, "mole_gate", expert_dtype)
+
+
+def gate_reading(gate_cfg: dict[str, Any]) -> dict[str, str]:
+    """gate.expert_output and gate.normalization (what the gate reads, Eqs. 8-9), defaults filled in, checked
+    against gate.input_form."""
+    reading = {key: gate_cfg.get(key) or default for key, default in DEFAULT_READING.items()}
+    check_reading(gate_cfg.get("input_form", "concat"), **reading)
+    return reading
+
+
+def attach_router(
+    base: BaseModel,
+    bank: ExpertBank,
+    module_names: list[str],
+    granularity: str,
+    router: Router,
+    attribute: str,
+    expert_dtype: torch.dtype | None = None,
+) -> Router:
+    """Wrap each named linear in a MoLELinear (its experts, its gate scope, its token stream) and attach
+    `router` as `model.<attribute>`, the prefix of every trainable parameter."""
+    model, family = base.model, base.family
+    layers = []
+    for name in module_names:
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        stream = family.position(name).stream
+        layers.append(MoLELinear(getattr(parent, leaf), bank.targets[name], name, family.scope(name, granularity), stream, expert_dtype))
+        setattr(parent, leaf, layers[-1])
+    router = router.to(next(model.parameters()).device)
+    model.add_module(attribute, router)
+    for layer in layers:
+        layer.bind(router)
+    router.attach(family.stack_modules(model))
+    return router
+
+
+def detach_router(base: BaseModel, attribute: str) -> None:
+    """Undo `attach_router`: every MoLELinear back to its base linear, the router's hooks and attribute removed."""
+    model = base.model
+    router = getattr(model, attribute)
+    router.detach()
+    for name, layer in list(model.named_modules()):
+        if isinstance(layer, MoLELinear):
+            parent_name, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), leaf, layer.base_layer)
+    delattr(model, attribute)

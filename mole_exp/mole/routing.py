@@ -1,0 +1,216 @@
+"""The Router: all gates of a composed model (its only trainable parameters) and the per-forward state.
+
+It is attached to the model as `model.mole_gate`, so every trainable parameter is named
+`mole_gate.gates.<scope>.projection` or `mole_gate.gates.<scope>.temperature.log_tau`.
+
+Per forward it knows, through pre-hooks on the encoder and decoder stacks:
+- the valid-token masks of the encoder input (for the encoder's and the cross-attention memory's gates),
+- the decoder's cache offset, so that causal pooling continues a running sum during cached generation
+  (and follows beam-search reordering of the cache),
+- which gates were already evaluated in this pass: a shared gate is computed at the first adapted linear
+  of its scope and reused by the others.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Protocol
+
+import torch
+import torch.nn as nn
+
+from mole_exp.mole import rank_space
+from mole_exp.mole.gates import IMPLEMENTATIONS, Gate, balance_loss, entropy, pool_bidirectional, pool_causal
+
+
+class GatedLinear(Protocol):
+    """What the router reads of an adapted linear (a MoLELinear, mole/layers.py, which calls the router)."""
+
+    module_name: str  # e.g. "encoder.block.0.layer.0.SelfAttention.q"
+    gate_key: str  # the scope of its gate
+    stream: str  # the token sequence it reads: "encoder" | "decoder" | "memory"
+    lora_A: torch.Tensor  # (N, r, d_in)
+    lora_B: torch.Tensor  # (N, d_out, r)
+    scaling: torch.Tensor  # (N,)
+
+
+def module_key(scope: str) -> str:
+    """ModuleDict keys cannot hold '.': encoder.block.0 -> encoder_block_0 (':memory' -> '__memory')."""
+    return scope.replace(":", "__").replace(".", "_")
+
+
+class Router(nn.Module):
+    def __init__(self, gates: dict[str, Gate], gate_inputs: dict[str, str], num_experts: int, implementation: str = "rank_space"):
+        super().__init__()
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"composer.implementation={implementation!r} is not one of {list(IMPLEMENTATIONS)}")
+        self.scopes = list(gates)  # ordered as the model runs them
+        self.gates = nn.ModuleDict({module_key(s): g for s, g in gates.items()})
+        self.gate_inputs = dict(gate_inputs)  # scope -> the module that computes it
+        self.num_experts = num_experts
+        self.implementation = implementation
+        self.register_buffer("expert_mask", None, persistent=False)
+        self.collecting = False
+        self._stream_masks: dict[str, torch.Tensor | None] = {"encoder": None, "memory": None}
+        self._decoder_offset = 0
+        self._decoder_state: dict[str, tuple[torch.Tensor, int]] = {}
+        self._pass_probs: dict[str, torch.Tensor] = {}
+        self._gate_rank_inputs: tuple[GatedLinear, torch.Tensor] | None = None  # (linear, u = A x) from its gate, for its mix
+        self.records: list[tuple[str, torch.Tensor]] = []
+        self._hooks: list = []
+
+    def gate(self, scope: str) -> Gate:
+        return self.gates[module_key(scope)]
+
+    # ------------------------------------------------------------------ wiring
+
+    def attach(self, stacks: dict[str, nn.Module]) -> None:
+        """Follow the stacks' forwards (valid-token masks, cache offsets) through pre-hooks on them."""
+        self._hooks = [
+            stacks["encoder"].register_forward_pre_hook(self._before_encoder, with_kwargs=True),
+            stacks["decoder"].register_forward_pre_hook(self._before_decoder, with_kwargs=True),
+        ]
+
+    def detach(self) -> None:
+        """Remove the hooks `attach` put on the stacks (the adapted linears are unwrapped by `detach_router`)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+    def _before_encoder(self, module, args, kwargs):
+        self._stream_masks["encoder"] = kwargs.get("attention_mask")
+        self._pass_probs.clear()
+
+    def _before_decoder(self, module, args, kwargs):
+        self._stream_masks["memory"] = kwargs.get("encoder_attention_mask")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        self._decoder_offset = cache.get_seq_length() if cache is not None else 0
+        if self._decoder_offset == 0:
+            self._decoder_state.clear()
+        elif cache is not None and not getattr(cache, "_mole_reorders", False):
+            self._follow_beam_reorder(cache)
+        self._pass_probs.clear()
+
+    def _follow_beam_reorder(self, cache) -> None:
+        """Beam search reorders the KV cache between steps; the running gate sums must follow it."""
+        reorder = cache.reorder_cache
+
+        def reorder_with_gate_state(beam_idx: torch.LongTensor):
+            reorder(beam_idx)
+            for scope, (running_sum, count) in self._decoder_state.items():
+                self._decoder_state[scope] = (running_sum.index_select(0, beam_idx.to(running_sum.device)), count)
+
+        cache.reorder_cache = reorder_with_gate_state
+        cache._mole_reorders = True
+
+    # ------------------------------------------------------------------ the gate weights of one linear
+
+    def gate_weights(
+        self,
+        layer: GatedLinear,
+        hidden: torch.Tensor,
+        rank_inputs: torch.Tensor | None = None,
+        expert_outputs: torch.Tensor | None = None,
+        base_output: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, 1, N) for sequence-scope gates in the encoder/memory, (B, T, N) for decoder or token scope.
+
+        The logits come from `expert_outputs` (stacked reference), else from `rank_inputs` u = A x, else
+        (implementation rank_space) from x with u recomputed in backward. `base_output` (B, T, d_out) = W x
+        is read only by gates with expert_output=full (Eq. 8)."""
+        scope = layer.gate_key
+        probs = self._pass_probs.get(scope)
+        if probs is not None:
+            return probs
+        if self.gate_inputs[scope] != layer.module_name:
+            raise RuntimeError(
+                f"gate {scope!r} is computed at {self.gate_inputs[scope]!r}, but {layer.module_name!r} ran first"
+            )
+        gate = self.gate(scope)
+        base_output = base_output if gate.reads_base_output else None
+        if gate.input_form != "hidden" and expert_outputs is None and rank_inputs is None:
+            token_logits, rank_inputs = rank_space.token_logits(
+                gate, hidden, layer.lora_A, layer.lora_B, layer.scaling, base_output=base_output
+            )
+            self._gate_rank_inputs = (layer, rank_inputs)
+        else:
+            # gate statistics (means, variances) in float32 even under bf16 autocast: they cancel badly in bf16
+            with torch.autocast(device_type=hidden.device.type, enabled=False):
+                if gate.input_form == "hidden":
+                    token_logits = gate.token_logits_hidden(hidden)
+                elif expert_outputs is not None:
+                    token_logits = gate.token_logits_stacked(expert_outputs, base_output)
+                else:
+                    token_logits = gate.token_logits_rank_space(rank_inputs, layer.lora_B, layer.scaling, base_output)
+        if gate.scope == "token":
+            pooled = token_logits
+        elif layer.stream == "decoder":
+            previous = self._decoder_state.get(scope) if self._decoder_offset > 0 else None
+            if self._decoder_offset > 0 and (previous is None or previous[1] != self._decoder_offset):
+                raise RuntimeError(f"gate {scope!r}: cached decoding at offset {self._decoder_offset} without its running state")
+            pooled, running_sum = pool_causal(token_logits, previous[0] if previous else None, self._decoder_offset)
+            self._decoder_state[scope] = (running_sum.detach(), self._decoder_offset + token_logits.shape[1])
+        else:
+            pooled = pool_bidirectional(token_logits, self._stream_masks[layer.stream])
+        probs = gate.probabilities(pooled, self.expert_mask)
+        self._pass_probs[scope] = probs
+        if self.training or self.collecting:
+            self.records.append((scope, probs if self.training else probs.detach()))
+        return probs
+
+    def take_rank_inputs(self, layer: GatedLinear) -> torch.Tensor | None:
+        """u = A x (detached) if `layer`'s gate_weights call just computed it from x, so its mix need not
+        compute it again; None otherwise. Handed over once and dropped here (no memory kept)."""
+        held, self._gate_rank_inputs = self._gate_rank_inputs, None
+        return held[1] if held is not None and held[0] is layer else None
+
+    # ------------------------------------------------------------------ masking, statistics, loss
+
+    def set_expert_mask(self, keep: list[int] | None) -> None:
+        """Keep only experts `keep` (indices) at inference; None restores all."""
+        if keep is None:
+            self.expert_mask = None
+            return
+        if not keep:
+            raise ValueError("the expert mask removes every expert; keep at least one")
+        mask = torch.zeros(self.num_experts, dtype=torch.bool, device=self._device())
+        mask[torch.as_tensor(keep, dtype=torch.long)] = True
+        self.expert_mask = mask
+
+    def _device(self) -> torch.device:
+        return next(self.parameters(), torch.zeros(())).device
+
+    def pop_records(self) -> list[tuple[str, torch.Tensor]]:
+        records, self.records = self.records, []
+        return records
+
+    @staticmethod
+    def mean_probabilities(records: list[tuple[str, torch.Tensor]]) -> torch.Tensor:
+        """q of Eq. 15: each expert's probability averaged over gating functions, examples and positions."""
+        per_gate = [probs.float().reshape(-1, probs.shape[-1]).mean(dim=0) for _, probs in records]
+        return torch.stack(per_gate).mean(dim=0)  # (N,)
+
+    def balance_loss(self, records: list[tuple[str, torch.Tensor]]) -> torch.Tensor:
+        return balance_loss(self.mean_probabilities(records))
+
+    @staticmethod
+    def statistics(records: list[tuple[str, torch.Tensor]]) -> dict[str, dict[str, object]]:
+        """Per gate: mean weight per expert and mean entropy of its weight vectors (detached).
+
+        Computed on the device and copied to the host once (one sync per call, not one per gate)."""
+        if not records:
+            return {}
+        flats = [probs.detach().float().reshape(-1, probs.shape[-1]) for _, probs in records]
+        means = torch.stack([flat.mean(dim=0) for flat in flats])  # (G, N)
+        entropies = torch.stack([entropy(flat).mean() for flat in flats])  # (G,)
+        table = torch.cat([means, entropies[:, None]], dim=1).cpu().tolist()  # the one host copy
+        return {scope: {"weights": row[:-1], "entropy": row[-1]} for (scope, _), row in zip(records, table, strict=True)}
+
+    @contextmanager
+    def collect(self):
+        """Record gate weights (detached) during evaluation, e.g. for the per-gate heatmap."""
+        self.collecting, self.records = True, []
+        try:
+            yield self
+        finally:
+            self.collecting = False

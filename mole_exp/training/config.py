@@ -1,0 +1,92 @@
+"""A run's config: building objects from it, the cheap checks made before anything loads, its hash, the
+settings read from it."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from mole_exp.evaluation.evaluator import GenerationSettings
+from mole_exp.experts.loading import precheck as precheck_experts
+from mole_exp.tasks.base import EVAL_SUBSETS
+from mole_exp.training.fit_units import check_fit_config
+from mole_exp.training.gate_guard import check_settings as check_gate_guard
+
+MODES = ("train", "eval")
+
+
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, but a bad value surfaces as the object's own error, not Hydra's wrapper."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, (ValueError, TypeError, OSError, RuntimeError)):
+            raise cause.with_traceback(cause.__traceback__) from None
+        raise
+
+
+MODULE_PATH = re.compile(r"mole_exp(\.[A-Za-z_]\w*)+")  # where an object of this package lives, e.g. a `_target_`
+
+
+def without_module_paths(node: Any) -> Any:
+    """The config without this package's module paths (`_target_: mole_exp.base.models.build_tiny`, and any other value
+    that is a dotted `mole_exp.` path): dropped from mappings, blanked in lists. Moving a module keeps the hash."""
+    if isinstance(node, dict):
+        return {k: without_module_paths(v) for k, v in node.items() if not (isinstance(v, str) and MODULE_PATH.fullmatch(v))}
+    if isinstance(node, list):
+        return ["<module path>" if isinstance(v, str) and MODULE_PATH.fullmatch(v) else without_module_paths(v) for v in node]
+    return node
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """12 hex digits of the resolved config, less what does not change the result (paths, logging, resume
+    settings, this package's module paths). Runs recorded with the hash of older code are matched through
+    their config.yaml (`matches_config`)."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for volatile in ("paths", "hydra", "logger", "resume", "callbacks", "overrides", "checkpoint_every_n_steps"):
+        data.pop(volatile, None)
+    data.get("trainer", {}).pop("default_root_dir", None)
+    data = without_module_paths(data)
+    return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(data)).encode()).hexdigest()[:12]
+
+
+def validate(cfg: DictConfig) -> None:
+    """Cheap checks of the config, before any model or data is loaded."""
+    if cfg.mode not in MODES:
+        raise ValueError(f"mode={cfg.mode!r} is not one of {list(MODES)}")
+    if cfg.mode == "eval" and not cfg.get("checkpoint"):
+        raise ValueError("mode=eval needs checkpoint=<a run folder or its checkpoints/composer.safetensors>")
+    for key in ("batch_size", "eval_batch_size", "max_source_length", "max_target_length"):
+        value = cfg.data.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"data.{key}={value!r} must be a positive integer")
+    for key in ("train_limit", "eval_limit"):
+        value = cfg.data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"data.{key}={value!r} must be a positive integer or null")
+    if cfg.data.get("eval_subset", "random") not in EVAL_SUBSETS:
+        raise ValueError(f"data.eval_subset={cfg.data.eval_subset!r} is not one of {list(EVAL_SUBSETS)}")
+    precheck_experts(cfg.experts)
+    build(cfg.composer, _convert_="all").check_fit_per()  # the composer's options, fit_per included
+    check_fit_config(cfg)
+    check_gate_guard(cfg.get("gate_guard"))
+    max_steps = cfg.trainer.get("max_steps", -1)
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps == 0 or max_steps < -1:
+        raise ValueError(f"trainer.max_steps={max_steps!r} must be a positive integer (or -1 with max_epochs)")
+
+
+def generation_settings(cfg: DictConfig) -> GenerationSettings:
+    return GenerationSettings(
+        batch_size=cfg.data.eval_batch_size,
+        num_beams=cfg.generation.num_beams,
+        max_source_length=cfg.data.max_source_length,
+        max_new_tokens=cfg.generation.get("max_new_tokens"),
+        progress=cfg.generation.get("progress", True),
+    )
