@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+CODE_PATHS = ("mole_exp", "conf", "scripts", "train.py", "eval.py", "pyproject.toml")
 
 
 def _git(*args: str) -> str | None:
@@ -35,5 +36,7 @@ def sources_hash(root: Path = ROOT) -> str:
 @lru_cache(maxsize=1)
 def code_version() -> dict[str, object]:
     commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    # dirty = uncommitted changes to what makes results (the package, configs, entry points), not to docs/
+    # or figures a report writes before it reads this.
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS) if commit else None
     return {"commit": commit, "dirty": None if status is None else bool(status), "sources": sources_hash()}
