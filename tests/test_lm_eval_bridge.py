@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -405,3 +406,43 @@ def test_the_commands_model_flags(tmp_path, capsys):
     ]:
         assert main(argv) == 2
         assert message in capsys.readouterr().err, argv
+
+
+def by_name(node):
+    """A task config with every function it names as its dotted name (lm-eval loads a file's functions anew)."""
+    if isinstance(node, dict):
+        return {k: by_name(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [by_name(v) for v in node]
+    return f"{node.__module__}.{node.__qualname__}" if callable(node) else node
+
+
+@needs_data
+@needs_lm_eval
+def test_the_local_tasks_are_lm_evals_own_but_for_their_data():
+    """conf/lm_eval_tasks/ against lm-eval's installed configs (includes and functions resolved): the same prompts,
+    filters, metrics and generation settings; only the names, where the rows come from and the split names differ.
+    And every one of them loads its rows."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    installed = Path(lm_eval.__file__).parent / "tasks"
+    data_keys = {"task", "group", "tag", "custom_dataset", "dataset_kwargs", "dataset_path", "training_split", "validation_split", "test_split"}
+    pairs = [(f, installed / "bbh" / "zeroshot" / f.name.removeprefix("local_bbh_zeroshot_")) for f in (LOCAL_TASKS / "bbh_zeroshot").glob("local_*.yaml")]
+    pairs += [(f, installed / "anli" / f.name.removeprefix("local_")) for f in (LOCAL_TASKS / "anli").glob("local_*.yaml")]
+    pairs.append((LOCAL_TASKS / "bbh_zeroshot" / "_local_bbh_zeroshot.yaml", installed / "bbh" / "zeroshot" / "_bbh_zeroshot.yaml"))
+    assert len(pairs) == 27 + 3 + 1
+    for local, theirs in pairs:
+        mine, original = by_name(load_yaml(local)), by_name(load_yaml(theirs))
+        assert {k: v for k, v in mine.items() if k not in data_keys} == {k: v for k, v in original.items() if k not in data_keys}, local.name
+        if "group" in mine:
+            assert mine["group"] == "local_" + original["group"] and mine["task"] == ["local_" + name for name in original["task"]]
+        else:
+            assert mine["task"] == "local_" + original["task"], local.name
+            assert mine["custom_dataset"] in ("mole_exp.harness.local_tasks.bbh", "mole_exp.harness.local_tasks.anli"), local.name
+
+    loaded = TaskManager(include_path=str(LOCAL_TASKS)).load(["local_bbh_zeroshot", "local_anli"])["tasks"]
+    sizes = {name: len(list(task.test_docs())) for name, task in loaded.items()}
+    assert len(sizes) == 30 and sizes["local_anli_r3"] == 1200 and sizes["local_bbh_zeroshot_boolean_expressions"] == 250
+    assert min(sizes.values()) >= 146  # BBH's smallest task (penguins_in_a_table)
