@@ -268,6 +268,30 @@ def test_lm_eval_results_are_read_per_task_group_and_file_newest_first(tmp_path)
     assert len(read_results_file(tmp_path / "lm_eval" / "results_2026-01-01T00-00-00.json")) == 4
 
 
+def test_the_lm_eval_table_puts_each_scorers_number_for_the_same_model_side_by_side(tmp_path):
+    from mole_exp.evaluation.lm_eval_table import build_lm_eval_table, render_csv, render_markdown
+    from mole_exp.evaluation.run_results import read_run
+
+    (tmp_path / "config.yaml").write_text("composer: {name: mole}\ntask: {name: bbh}\nseed: 0\n")
+    metrics = {"status": "completed", "task": "bbh", "eval_task": "bbh", "seed": 0,
+               "metrics": {"test/boolean_expressions/em": 40.0, "test/snarks/em": 60.0, "test/web_of_lies/em": 10.0, "test/bbh/avg": 36.7},
+               "num_examples": {"boolean_expressions": 20, "snarks": 10, "web_of_lies": 5}}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    group = "local_bbh_zeroshot"
+    write_results_file(tmp_path, "2026-01-01T00-00-00", {group: {"exact_match,flexible-extract": 0.5},
+                                                         f"{group}_boolean_expressions": {"exact_match,flexible-extract": 0.5}},
+                       subtasks={group: [f"{group}_boolean_expressions"]}, samples={f"{group}_boolean_expressions": {"effective": 250}})
+    write_results_file(tmp_path, "2026-01-02T00-00-00", {f"{group}_snarks": {"exact_match,strict-match": 0.25}}, samples={f"{group}_snarks": {"effective": 178}})
+    table = build_lm_eval_table([read_run(tmp_path)])
+    assert table.columns == ["ours bbh avg", "ours snarks em", f"lm-eval {group} exact_match (flexible-extract)",
+                             f"lm-eval {group}_snarks exact_match (strict-match)"]  # a group's tasks (and their datasets): csv only
+    assert "| mole | . | 36.70 (n=35) | 60.00 (n=10) | 0.5000 (n=250) | 0.2500 (n=178) |" in render_markdown(table, tmp_path)
+    lines = render_csv(table, tmp_path).splitlines()
+    assert "mole,.,ours,boolean_expressions,em,none,40.0,,20,False,," in lines and not any(",web_of_lies," in line for line in lines)
+    assert any(line.startswith(f"mole,.,lm-eval,{group}_boolean_expressions,exact_match,flexible-extract,0.5,,250,False") for line in lines)
+    assert build_lm_eval_table([read_run(tmp_path / "lm_eval")]) is None  # no run there
+
+
 @needs_lm_eval
 def test_a_results_file_is_never_overwritten(tmp_path):
     from mole_exp.harness.cli import write_results
@@ -309,10 +333,10 @@ def test_a_folder_without_its_checkpoint_or_a_finished_run_is_refused(tiny_runs,
 
     folder = tmp_path / "no_checkpoint"
     shutil.copytree(tiny_runs["mole"], folder, ignore=shutil.ignore_patterns("checkpoints", "evals"))
-    with pytest.raises(FileNotFoundError, match=r"composer 'mole' trains its parameters, but the run's gates checkpoint is missing: .*composer.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"composer 'mole' trains its parameters, but the run's checkpoint of them is missing: .*composer.safetensors"):
         check_run(folder)
     assert main(["--run", str(folder), "--tasks", "local_anli_r1", "--include_path", str(LOCAL_TASKS)]) == 2
-    assert "gates checkpoint is missing" in capsys.readouterr().err and not (folder / "lm_eval").exists()
+    assert "checkpoint of them is missing" in capsys.readouterr().err and not (folder / "lm_eval").exists()
 
     (folder / "metrics.json").unlink()
     with pytest.raises(ValueError, match=r"holds no finished run \(no metrics.json\)"):

@@ -79,11 +79,13 @@ def our_entries(run: Run, values: list[LmEvalValue]) -> list[Entry]:
     average = run.value(f"{SPLIT}/{run.eval_task}/{AVERAGE}")
     if average is not None:
         entries.append(Entry("ours", str(run.eval_task), AVERAGE, "none", average, None, sum(counts.values()) or None, True))
-    tasks = [v.task for v in values if not v.group]
     for key in run.metric_keys():
         parts = split_metric_key(key)
-        if parts and parts[0] == SPLIT and parts[1] != run.eval_task and any(matches(t, parts[1]) for t in tasks):
-            entries.append(Entry("ours", parts[1], parts[2], "none", run.value(key), None, counts.get(parts[1]), True))
+        matched = [v for v in values if not v.group and parts and matches(v.task, parts[1])]
+        if parts and parts[0] == SPLIT and parts[1] != run.eval_task and matched:
+            # shown in the markdown where its lm-eval task is (a group's tasks are in the csv only)
+            top_level = any(v.top_level for v in matched)
+            entries.append(Entry("ours", parts[1], parts[2], "none", run.value(key), None, counts.get(parts[1]), top_level))
     return entries
 
 

@@ -126,7 +126,7 @@ def check_run(folder: str | Path, unit: str | None = None) -> RunPlan:
             checkpoint = resolve_unit_checkpoint(str(trained), fit_unit, flat)
         except (FileNotFoundError, ValueError) as error:
             raise FileNotFoundError(
-                f"--run {folder}: composer {composer.name!r} trains its parameters, but the run's gates checkpoint is missing: {error}"
+                f"--run {folder}: composer {composer.name!r} trains its parameters, but the run's checkpoint of them is missing: {error}"
             ) from None
     elif composer.needs_search:
         found = (record.get("composer") or {}).get("weights") or {}
