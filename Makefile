@@ -6,11 +6,11 @@ SMOKE_ARGS := task=nli composer=mole model=tiny experts=tiny trainer=cpu trainer
 
 .PHONY: install test test-all smoke run eval lint reproduce-mini bench bench-cpu-large bench-lorahub
 
-install:  ## create .venv and install the package with its dev extras (torch 2.13 from the local wheel)
+install:  ## create .venv and install the package with its dev and lm-eval extras (torch 2.13 from the local wheel)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==2.13.*"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,lm-eval]"
 
 test:  ## the default suite (CPU, offline; slow and GPU tests deselected)
 	$(BIN)/python -m pytest -q

@@ -16,6 +16,7 @@ The layering, lowest first (a package may import itself and the packages listed 
     composers   <- base, experts, mole
     training    <- the core below it (never reporting, never tools)
     reporting   <- files, evaluation                   reads results files; never runs a model or training
+    harness     <- the core (training included)        lm-eval on composed models; imported only by tools
     tools       <- anything; nothing imports tools (the core never does)
 """
 
@@ -38,7 +39,8 @@ ALLOWED: dict[str, set[str]] = {
     "composers": {"base", "experts", "mole"},
     "training": CORE_BELOW_TRAINING,
     "reporting": {"files", "evaluation"},
-    "tools": CORE_BELOW_TRAINING | {"training", "reporting"},
+    "harness": CORE_BELOW_TRAINING | {"training"},
+    "tools": CORE_BELOW_TRAINING | {"training", "reporting", "harness"},
 }
 KNOWN_CYCLES: list[list[str]] = []  # none
 
