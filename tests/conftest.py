@@ -11,12 +11,24 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import mole_exp.training.resolvers  # noqa: F401
+from mole_exp.base.tokenizer_fetch import FETCH_COMMAND, is_fetched, tokenizers_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("MOLE_EXP_DATA", ROOT.parent / "shared" / "data"))
 TOKENIZER_DIR = DATA_DIR / "t5_tokenizer"
 
 needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"shared task data not found at {DATA_DIR} (set MOLE_EXP_DATA)")
+# the fetched decoder-only tokenizers, located before the tests point MOLE_EXP_CACHE at a temporary folder
+TOKENIZERS_DIR = tokenizers_dir()
+
+
+def needs_tokenizer(name: str):
+    return pytest.mark.skipif(
+        not is_fetched(name, TOKENIZERS_DIR),
+        reason=f"the {name} tokenizer is not in {TOKENIZERS_DIR}; fetch it once with `{FETCH_COMMAND} {name}` (make tokenizers)",
+    )
+
+
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
 
 
@@ -28,6 +40,7 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def _isolate_env(monkeypatch, cache_dir):
     monkeypatch.setenv("MOLE_EXP_CACHE", str(cache_dir))
+    monkeypatch.setenv("MOLE_EXP_TOKENIZERS", str(TOKENIZERS_DIR))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("WANDB_MODE", "offline")
 
