@@ -2,7 +2,8 @@
 
 Everything that knows how a model family names its modules lives here: which stacks it has, how a
 module name splits into (stack, block, sub-layer, projection), and therefore which gate *scope* a
-linear belongs to at each granularity. Adding a decoder-only family means adding one `ModelFamily`.
+linear belongs to at each granularity; whether the model is an encoder-decoder (T5) or a causal LM
+(Llama, Qwen2, Mistral, Phi-3: one stack, one causal token stream).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ GRANULARITIES = ("matrix", "layer", "block", "network")
 class ModulePosition:
     """Where an adapted linear sits in the model."""
 
-    name: str  # full module name, e.g. "encoder.block.3.layer.0.SelfAttention.q"
-    stack: str  # "encoder" | "decoder"
+    name: str  # full module name, e.g. "encoder.block.3.layer.0.SelfAttention.q" or "model.layers.3.self_attn.q_proj"
+    stack: str  # "encoder" | "decoder" (T5) | "model" (causal LMs)
     block: int  # block index inside its stack
-    layer: int  # sub-layer index inside the block (T5: 0 self-attn, 1 cross-attn or FFN, 2 FFN)
-    sublayer: str  # "SelfAttention" | "EncDecAttention" | "DenseReluDense"
-    projection: str  # "q", "v", "wi_0", ...
+    layer: int  # sub-layer index inside the block (T5: 0 self-attn, 1 cross-attn or FFN, 2 FFN; causal: 0 self_attn, 1 mlp)
+    sublayer: str  # "SelfAttention" | "EncDecAttention" | "DenseReluDense" | "self_attn" | "mlp"
+    projection: str  # "q", "v", "wi_0", "q_proj", "qkv_proj", ...
+    causal_lm: bool = False  # a decoder-only model: every linear reads the one causal stream
 
     @property
     def stream(self) -> str:
@@ -32,7 +34,11 @@ class ModulePosition:
 
         "memory" is the decoder's cross-attention keys/values, which read the encoder's output, not the
         decoder's prefix; their gates pool over the encoder's valid tokens, like the encoder's.
+        A causal LM has one stream, read causally like T5's decoder (sequence-scope gates pool over the
+        prefix), so it is named "decoder".
         """
+        if self.causal_lm:
+            return "decoder"
         if self.stack == "encoder":
             return "encoder"
         if self.sublayer == "EncDecAttention" and self.projection in ("k", "v"):
@@ -49,6 +55,15 @@ class ModelFamily:
     # short target names users write in configs -> the leaf names the family uses
     attention_projections: tuple[str, ...]
     all_linear_projections: tuple[str, ...]
+    kind: str = "seq2seq"  # "seq2seq" (encoder-decoder) | "causal" (decoder-only)
+    blocks_attribute: str = "block"  # the ModuleList of blocks inside a stack module
+    sublayer_index: tuple[tuple[str, int], ...] = ()  # where module names carry no sub-layer index: name -> index
+    # what a model's stacks are, from the model: stack name -> attribute path (T5: "encoder" -> model.encoder)
+    stack_paths: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def causal(self) -> bool:
+        return self.kind == "causal"
 
     def position(self, module_name: str) -> ModulePosition:
         match = self.module_pattern.match(module_name)
@@ -57,13 +72,16 @@ class ModelFamily:
                 f"module {module_name!r} is not a block linear of a {self.name} model "
                 f"(expected a name matching {self.module_pattern.pattern})"
             )
+        groups = match.groupdict()
+        layer = int(groups["layer"]) if groups.get("layer") is not None else dict(self.sublayer_index)[match["sublayer"]]
         return ModulePosition(
             name=module_name,
             stack=match["stack"],
             block=int(match["block"]),
-            layer=int(match["layer"]),
+            layer=layer,
             sublayer=match["sublayer"],
             projection=match["projection"],
+            causal_lm=self.causal,
         )
 
     def scope(self, module_name: str, granularity: str) -> str:
@@ -86,10 +104,15 @@ class ModelFamily:
         return f"network.{pos.stream}"
 
     def stack_modules(self, model: nn.Module) -> dict[str, nn.Module]:
-        return {stack: getattr(model, stack) for stack in self.stacks}
+        paths = dict(self.stack_paths)
+        return {stack: model.get_submodule(paths.get(stack, stack)) for stack in self.stacks}
 
     def num_blocks(self, model: nn.Module, stack: str) -> int:
-        return len(getattr(model, stack).block)
+        return len(getattr(self.stack_modules(model)[stack], self.blocks_attribute))
+
+    def example_module(self, model: nn.Module) -> str:
+        """One adaptable linear's name (for error messages): what this family's module names look like."""
+        return next((name for name, _ in model.named_modules() if self.module_pattern.match(name)), "")
 
     def depth_fraction(self, model: nn.Module, module_name: str) -> tuple[float, float]:
         """The [start, end) fraction of depth a linear's block covers, counted inside its own stack.
@@ -116,11 +139,31 @@ T5_FAMILY = ModelFamily(
     all_linear_projections=("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo"),
 )
 
-FAMILIES = (T5_FAMILY,)
+# Decoder-only causal LMs from transformers (LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM,
+# Phi3ForCausalLM): blocks at model.layers.<i>, attention and MLP projections; Phi-3 fuses q/k/v into
+# qkv_proj and gate/up into gate_up_proj. One stack ("model"), one causal stream.
+CAUSAL_FAMILY = ModelFamily(
+    name="causal-lm",
+    model_types=("llama", "qwen2", "mistral", "phi3"),
+    stacks=("model",),
+    module_pattern=re.compile(
+        r"^(?P<stack>model)\.layers\.(?P<block>\d+)\.(?P<sublayer>self_attn|mlp)\."
+        r"(?P<projection>q_proj|k_proj|v_proj|o_proj|qkv_proj|gate_proj|up_proj|down_proj|gate_up_proj)$"
+    ),
+    attention_projections=("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj"),
+    all_linear_projections=("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "gate_proj", "up_proj", "down_proj", "gate_up_proj"),
+    kind="causal",
+    blocks_attribute="layers",
+    sublayer_index=(("self_attn", 0), ("mlp", 1)),
+)
+
+FAMILIES = (T5_FAMILY, CAUSAL_FAMILY)
 
 
 def family_for(model: nn.Module) -> ModelFamily:
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    """The family of a model, or of a transformers config (checked before weights load)."""
+    config = model if hasattr(model, "model_type") and not isinstance(model, nn.Module) else getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
     for family in FAMILIES:
         if model_type in family.model_types:
             return family

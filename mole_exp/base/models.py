@@ -1,4 +1,5 @@
-"""Frozen base models: a Hub id or local path, or a tiny T5 built in-process with the real vocabulary."""
+"""Frozen base models: a Hub id or local path (T5 or a causal LM), or tiny T5 / Llama / Qwen2 models built
+in-process with the real vocabularies (T5's from the shared data, Llama 3's and Qwen2.5's fetched once)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,19 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokenizerBase, T5Config
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+    T5Config,
+)
 
 from mole_exp.base.family import ModelFamily, family_for
 from mole_exp.base.hub import from_hub
+from mole_exp.base.text_format import bind_format, eos_id, pad_id
+from mole_exp.base.tokenizer_fetch import require_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +34,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass
 class BaseModel:
-    """A frozen seq2seq model with its tokenizer and an id that adapters are checked against."""
+    """A frozen seq2seq or causal LM with its tokenizer (its text format bound) and an id adapters are checked against."""
 
     model: nn.Module
     tokenizer: PreTrainedTokenizerBase
@@ -44,15 +54,18 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def load_pretrained(name_or_path: str, dtype: str = "float32", tokenizer: str | None = None) -> BaseModel:
-    """Any T5 / FLAN-T5 checkpoint by Hub id (resolved through the HF cache) or local folder."""
+def load_pretrained(name_or_path: str, dtype: str = "float32", tokenizer: str | None = None, chat_template: bool = False) -> BaseModel:
+    """Any T5 / FLAN-T5 checkpoint or causal LM of a supported family (Llama, Qwen2, Mistral, Phi-3) by Hub id
+    (resolved through the HF cache) or local folder. `chat_template`: causal LMs read prompts through their
+    tokenizer's chat template."""
     torch_dtype = _dtype(dtype)
-    model = from_hub(
-        "model", name_or_path, lambda: AutoModelForSeq2SeqLM.from_pretrained(name_or_path, dtype=torch_dtype)
-    )
+    config = from_hub("model", name_or_path, lambda: AutoConfig.from_pretrained(name_or_path))
+    family = family_for(config)  # an unsupported model type fails here, before any weights load
+    auto = AutoModelForCausalLM if family.causal else AutoModelForSeq2SeqLM
+    model = from_hub("model", name_or_path, lambda: auto.from_pretrained(name_or_path, dtype=torch_dtype))
     tokenizer_id = tokenizer or name_or_path
     tok = from_hub("tokenizer", tokenizer_id, lambda: AutoTokenizer.from_pretrained(tokenizer_id))
-    family = family_for(model)
+    bind_format(tok, family.causal, chat_template)
     model.eval()
     return BaseModel(model=freeze(model), tokenizer=tok, model_id=str(name_or_path), family=family)
 
@@ -135,8 +148,64 @@ def build_tiny(
     torch.random.set_rng_state(generator_state)
     model.generation_config.max_length = None
     model.eval()
+    bind_format(tokenizer, causal=False)
     model_id = (
         f"tiny-t5-d{d_model}-ff{d_ff}-l{num_layers}x{num_decoder_layers}-h{num_heads}-v{len(tokenizer)}-untied-seed{seed}"
+    )
+    return BaseModel(model=freeze(model), tokenizer=tokenizer, model_id=model_id, family=family_for(model))
+
+
+TINY_CAUSAL = {"llama": "llama3", "qwen2": "qwen2.5"}  # architecture -> its real tokenizer (base/tokenizer_fetch.py)
+
+
+def build_tiny_causal(
+    architecture: str,
+    tokenizer_dir: str | None = None,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+    seed: int = 0,
+    dtype: str = "float32",
+    chat_template: bool = False,
+) -> BaseModel:
+    """A tiny Llama- or Qwen2-shaped causal LM with random weights (seeded), grouped-query attention and an
+    untied head, with that family's real tokenizer (Llama 3's or Qwen2.5's; `tokenizer_dir`: the folder
+    holding the fetched tokenizers, default the cache)."""
+    if architecture not in TINY_CAUSAL:
+        raise ValueError(f"model.architecture={architecture!r} is not one of {sorted(TINY_CAUSAL)}")
+    tokenizer = AutoTokenizer.from_pretrained(str(require_tokenizer(TINY_CAUSAL[architecture], tokenizer_dir)))
+    if architecture == "llama":
+        from transformers import LlamaConfig as Config
+        from transformers import LlamaForCausalLM as Model
+    else:
+        from transformers import Qwen2Config as Config
+        from transformers import Qwen2ForCausalLM as Model
+    config = Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=eos_id(tokenizer),
+        pad_token_id=pad_id(tokenizer),
+        attention_dropout=0.0,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Model(config).to(_dtype(dtype))
+    model.generation_config.max_length = None
+    model.generation_config.pad_token_id = pad_id(tokenizer)
+    model.eval()
+    bind_format(tokenizer, causal=True, chat_template=chat_template)
+    model_id = (
+        f"tiny-{architecture}-h{hidden_size}-ff{intermediate_size}-l{num_hidden_layers}-h{num_attention_heads}"
+        f"kv{num_key_value_heads}-v{len(tokenizer)}-untied-seed{seed}"
     )
     return BaseModel(model=freeze(model), tokenizer=tokenizer, model_id=model_id, family=family_for(model))
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from mole_exp.base.text_format import pad_id, text_format
 from mole_exp.evaluation.metrics import AVERAGE, get_metric, metric_key, score
 
 log = logging.getLogger(__name__)
@@ -35,17 +36,17 @@ def postprocess(texts: list[str]) -> list[str]:
 def generate(model, tokenizer, sources: list[str], max_new_tokens: int, settings: GenerationSettings, desc: str = "") -> list[str]:
     model.eval()
     device = next(model.parameters()).device
+    form = text_format(tokenizer)  # T5: encoder input; causal LM: left-padded prompts, only the completion decoded
     # longest first, so batches pad little; the original order is restored at the end
     order = sorted(range(len(sources)), key=lambda i: -len(sources[i]))
     predictions: list[str] = [""] * len(sources)
     batches = range(0, len(order), settings.batch_size)
     for start in tqdm(batches, desc=f"generate {desc}", disable=not settings.progress, leave=False):
         index = order[start : start + settings.batch_size]
-        encoded = tokenizer(
-            [sources[i] for i in index], return_tensors="pt", padding=True, truncation=True, max_length=settings.max_source_length
-        ).to(device)
-        output = model.generate(**encoded, max_new_tokens=max_new_tokens, num_beams=settings.num_beams, do_sample=False)
-        for i, text in zip(index, postprocess(tokenizer.batch_decode(output, skip_special_tokens=True)), strict=True):
+        encoded = {k: v.to(device) for k, v in form.encode_prompts(tokenizer, [sources[i] for i in index], settings.max_source_length).items()}
+        output = model.generate(**encoded, max_new_tokens=max_new_tokens, num_beams=settings.num_beams, do_sample=False,
+                                **({"pad_token_id": pad_id(tokenizer)} if form.causal else {}))
+        for i, text in zip(index, postprocess(form.completions(tokenizer, output, encoded)), strict=True):
             predictions[i] = text
     return predictions
 

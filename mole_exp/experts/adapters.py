@@ -85,7 +85,7 @@ def validate_against_base(source: str, modules: dict[str, tuple], config: dict, 
     named = dict(base.model.named_modules())
     for module, (lora_A, lora_B, _) in modules.items():
         if module not in named:
-            example = next(iter(n for n, m in named.items() if isinstance(m, nn.Linear) and "block" in n), "")
+            example = base.family.example_module(base.model)
             raise ValueError(
                 f"adapter {source} targets module {module!r}, which the base model {base.model_id} does not have "
                 f"(adapter made for {config.get('base_model_name_or_path')!r}?; base modules look like {example!r})"

@@ -1,4 +1,5 @@
-"""Tokenised seq2seq batches for training and scoring (transformers' DataCollatorForSeq2Seq)."""
+"""Tokenised batches for training and scoring, in the model's text format (base/text_format.py: T5's
+DataCollatorForSeq2Seq, or a causal LM's prompt + target with the loss on the target)."""
 
 from __future__ import annotations
 
@@ -6,24 +7,21 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Sampler
-from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-IGNORE_INDEX = -100
+from mole_exp.base.text_format import IGNORE_INDEX, text_format
+
+__all__ = ["IGNORE_INDEX", "collator", "tokenize", "train_loader"]
 
 
 def tokenize(
     tokenizer: PreTrainedTokenizerBase, examples: list[dict[str, Any]], max_source_length: int, max_target_length: int
 ) -> list[dict[str, list[int]]]:
-    sources = tokenizer([e["source"] for e in examples], max_length=max_source_length, truncation=True)
-    targets = tokenizer(text_target=[e["target"] for e in examples], max_length=max_target_length, truncation=True)
-    return [
-        {"input_ids": ids, "attention_mask": mask, "labels": labels}
-        for ids, mask, labels in zip(sources["input_ids"], sources["attention_mask"], targets["input_ids"], strict=True)
-    ]
+    return text_format(tokenizer).features(tokenizer, examples, max_source_length, max_target_length)
 
 
-def collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForSeq2Seq:
-    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True, return_tensors="pt")
+def collator(tokenizer: PreTrainedTokenizerBase):
+    return text_format(tokenizer).collator(tokenizer)
 
 
 def _world() -> tuple[int, int]:
