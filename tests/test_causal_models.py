@@ -310,3 +310,80 @@ def test_static_composers_run_through_the_pipeline_on_causal_models(tmp_path, mo
 
         reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "export")).eval()
         assert family_for(reloaded) is CAUSAL_FAMILY and (tmp_path / "export" / "tokenizer.json").exists()
+
+
+# ---------------------------------------------------------------- adapters in a Hub repo's subfolders (PEFT's Arrow library)
+
+
+@needs_tokenizer("llama3")
+def test_hub_adapters_in_repo_subfolders_load_offline_and_pass_the_preflight(tmp_path, cache_dir, monkeypatch):
+    import shutil
+
+    from mole_exp.base.hub_cache import seed_repo
+    from mole_exp.experts.adapters import read_adapter
+    from mole_exp.training.hub_preflight import Artifact, is_cached
+
+    base = tiny_causal("llama")
+    bank = tiny_causal_bank(base, cache_dir)
+    repo = tmp_path / "repo"
+    for i, source in enumerate(bank.sources[:2]):  # a repo holding ts_expert_0/ and ts_expert_1/, as TahaBa/phi3-mini-clustered-flan
+        shutil.copytree(source, repo / f"ts_expert_{i}")
+    hub = tmp_path / "hub"
+    seed_repo("someone/causal-library", repo, hub)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))  # read at import time by the Hub library
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    artifact = Artifact("adapter", "someone/causal-library/ts_expert_1")
+    assert is_cached(artifact) and not is_cached(Artifact("adapter", "someone/causal-library/ts_expert_7"))
+    assert artifact.download == "hf download someone/causal-library --include 'ts_expert_1/*'"
+    config, modules = read_adapter("someone/causal-library/ts_expert_1")
+    _, expected = read_adapter(bank.sources[1])
+    assert sorted(modules) == sorted(expected) and modules and config["r"] == 4
+    for name, (lora_A, lora_B, scaling) in modules.items():
+        assert torch.equal(lora_A, expected[name][0]) and torch.equal(lora_B, expected[name][1]) and scaling == expected[name][2]
+
+
+# ---------------------------------------------------------------- expert-library training on a causal base
+
+
+@needs_tokenizer("qwen2.5")
+def test_expert_library_training_on_a_causal_base(tmp_path):
+    import json
+
+    from mole_exp.base.models import weights_fingerprint
+    from mole_exp.experts.library import MANIFEST
+    from mole_exp.experts.loading import load_experts
+    from mole_exp.tools.expert_training import LoraSettings, train_library
+    from mole_exp.tools.seq2seq_training import TrainSettings
+    from tests.test_expert_training import library_cfg, synthetic_task
+
+    base = tiny_causal("qwen2")
+    fingerprint = weights_fingerprint(base.model)
+    lora = LoraSettings(rank=2, alpha=4, dropout=0.0, targets=["q_proj", "v_proj"])
+    train = TrainSettings(steps=2, batch_size=8, lr=1e-3, max_source_length=48, max_target_length=16)
+    folder = train_library(base, synthetic_task(), tmp_path / "lib", lora=lora, train=train, seed=0)
+    assert weights_fingerprint(base.model) == fingerprint and not any(p.requires_grad for p in base.model.parameters())
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert [a["name"] for a in manifest["adapters"]] == ["reverse", "shift"]
+    assert all(a["targets"] == ["q_proj", "v_proj"] and 0 <= a["eval_score"] <= 100 for a in manifest["adapters"])
+    bank = load_experts(library_cfg(folder), base)
+    assert sorted(bank.targets) == sorted(f"model.layers.{b}.self_attn.{p}" for b in (0, 1) for p in ("q_proj", "v_proj"))
+    assert next(iter(bank.targets.values())).lora_B.abs().sum() > 0  # trained: B left its zero initialisation
+
+
+@pytest.mark.slow
+@needs_tokenizer("llama3")
+@pytest.mark.parametrize("suite", ["nli", "translation", "struct2text", "cbqa", "bbh"])
+def test_every_suite_runs_on_a_causal_model(tmp_path, suite):
+    from mole_exp.training.pipeline import run
+    from tests.conftest import DATA_DIR, compose_cfg
+
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"shared task data not found at {DATA_DIR}")
+    overrides = ["model=tiny_llama", *CAUSAL_SMOKE, "data.eval_limit=1", "generation.max_new_tokens=4", f"task={suite}",
+                 f"paths.data_dir={DATA_DIR}", f"paths.outputs_dir={tmp_path / 'outputs'}", "composer=base"]
+    metrics = run(compose_cfg(overrides, output_dir=tmp_path / "run"))
+    assert metrics["num_examples"] and all(n == 1 for n in metrics["num_examples"].values())
+    assert f"test/{suite}/avg" in metrics["metrics"]

@@ -25,6 +25,15 @@ def is_local(name_or_path: str) -> bool:
     return Path(os.path.expanduser(str(name_or_path))).exists()
 
 
+def split_hub_path(source: str) -> tuple[str, str | None]:
+    """A Hub adapter id, possibly inside a repo's subfolder: "user/repo" -> ("user/repo", None),
+    "user/repo/ts_expert_0" -> ("user/repo", "ts_expert_0") (as PEFT's Arrow loader reads them)."""
+    parts = str(source).strip("/").split("/")
+    if len(parts) <= 2:
+        return str(source), None
+    return "/".join(parts[:2]), "/".join(parts[2:])
+
+
 def offline_help(what: str, repo_id: str) -> str:
     cache = hf_hub_cache_dir()
     mode = "HF_HUB_OFFLINE=1 is set" if os.environ.get("HF_HUB_OFFLINE") == "1" else "the Hub is unreachable"

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from mole_exp.base.hub import from_hub, is_local
+from mole_exp.base.hub import from_hub, is_local, split_hub_path
 from mole_exp.base.models import BaseModel
 
 
@@ -26,6 +26,8 @@ def read_adapter(source: str) -> tuple[dict[str, Any], dict[str, tuple[torch.Ten
     """Read one PEFT LoRA adapter: (its config, {module name: (A (r, d_in), B (d_out, r), scaling)})."""
     from peft.utils import load_peft_weights
 
+    if not is_local(source) and split_hub_path(source)[1]:  # an adapter in a subfolder of a Hub repo
+        return read_adapter(str(hub_subfolder(source)))
     if is_local(source):
         folder = Path(source)
         if not (folder / "adapter_config.json").exists():
@@ -72,6 +74,19 @@ def read_adapter(source: str) -> tuple[dict[str, Any], dict[str, tuple[torch.Ten
     if not result:
         raise ValueError(f"adapter {source}: holds no LoRA weights")
     return config, result
+
+
+def hub_subfolder(source: str) -> Path:
+    """The local copy of a Hub adapter kept in a repo's subfolder ("user/repo/<subfolder>", as the Phi-3 FLAN experts
+    of PEFT's Arrow docs), downloaded or found in the cache (PEFT's load_peft_weights joins the subfolder twice)."""
+    from huggingface_hub import snapshot_download
+
+    repo_id, subfolder = split_hub_path(source)
+    root = from_hub("adapter", source, lambda: snapshot_download(repo_id, allow_patterns=[f"{subfolder}/*"]))
+    folder = Path(root) / subfolder
+    if not (folder / "adapter_config.json").exists():
+        raise ValueError(f"adapter {source}: the Hub repo {repo_id} has no {subfolder}/adapter_config.json (not a PEFT adapter there)")
+    return folder
 
 
 def read_json_file(path: Path, what: str) -> dict[str, Any]:

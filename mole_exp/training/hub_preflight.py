@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mole_exp.base.hub import HubUnavailableError, is_local
+from mole_exp.base.hub import HubUnavailableError, is_local, split_hub_path
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,9 @@ class Artifact:
 
     @property
     def download(self) -> str:
+        if self.kind == "adapter":  # an adapter may live in a subfolder of its repo (user/repo/<subfolder>)
+            repo, subfolder = split_hub_path(self.repo_id)
+            return f"hf download {repo}" + (f" --include '{subfolder}/*'" if subfolder else "")
         return f"hf download {self.repo_id}" + (" --repo-type dataset" if self.repo_type == "dataset" else "")
 
 
@@ -139,7 +142,10 @@ def is_cached(artifact: Artifact) -> bool:
     if artifact.kind == "tokenizer":
         return any(name.startswith(("tokenizer", "spiece")) for name in files)
     if artifact.kind == "adapter":
-        return set(ADAPTER_FILES) <= files and any(w in files for w in ADAPTER_WEIGHTS)
+        repo, subfolder = split_hub_path(artifact.repo_id)
+        files = snapshot_files(repo, artifact.repo_type) if subfolder else files
+        inside = f"{subfolder}/" if subfolder else ""
+        return {inside + f for f in ADAPTER_FILES} <= files and any(inside + w in files for w in ADAPTER_WEIGHTS)
     prepared = datasets_cache_dir() / artifact.repo_id.replace("/", "___")
     return bool(files) or prepared.is_dir()
 
