@@ -33,6 +33,19 @@ COMPOSERS: dict[str, type[Composer]] = {}
 FIT_PER = ("suite", "dataset")
 
 
+CAUSAL_READY = ("nla", "lorahub", "pems", "single", "base", "fresh_lora")  # composers that run on decoder-only models
+
+
+def refuse_causal(name: str, base: Any) -> None:
+    """Gate and token routers follow T5's encoder and decoder stacks until they take their streams from the family
+    description: on a decoder-only base they stop here, before any gate is built, naming what runs there."""
+    if base.family.causal:
+        raise ValueError(
+            f"composer={name} does not run on decoder-only models yet (base {base.model_id}, family {base.family.name}): its "
+            f"router follows T5's encoder and decoder stacks; on causal models use one of {list(CAUSAL_READY)}"
+        )
+
+
 def register_composer(name: str) -> Callable[[type[Composer]], type[Composer]]:
     def register(cls: type[Composer]) -> type[Composer]:
         if name in COMPOSERS:

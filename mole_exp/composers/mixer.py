@@ -34,7 +34,7 @@ import torch.nn as nn
 
 from mole_exp.base.family import GRANULARITIES
 from mole_exp.base.models import BaseModel
-from mole_exp.composers.base import Composer, register_composer
+from mole_exp.composers.base import Composer, refuse_causal, register_composer
 from mole_exp.experts.bank import ExpertBank
 from mole_exp.mole.gates import Gate
 from mole_exp.mole.inject import attach_router, detach_router
@@ -113,6 +113,7 @@ class MixerComposer(Composer):
         self._last_records: list = []
 
     def compose(self, base: BaseModel, bank: ExpertBank) -> list[nn.Parameter]:
+        refuse_causal(self.name, base)
         if self.top_k > len(bank):
             raise ValueError(f"composer.top_k={self.top_k} but only {len(bank)} experts are composed (allowed 1..{len(bank)})")
         self.base, self.bank = base, bank
