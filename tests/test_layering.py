@@ -32,7 +32,7 @@ CORE_BELOW_TRAINING = {"files", "base", "evaluation", "tasks", "experts", "mole"
 ALLOWED: dict[str, set[str]] = {
     "files": set(),
     "base": {"files"},
-    "evaluation": {"files"},
+    "evaluation": {"base", "files"},  # generation reads prompts in the model family's text format (base/text_format.py)
     "tasks": {"base", "evaluation", "files"},
     "experts": {"base", "tasks", "files"},
     "mole": {"base", "experts"},
