@@ -28,7 +28,20 @@ def library_copy(tmp_path, cache_dir, tiny_base):
 
 
 def library_cfg(folder, **extra):
-    return OmegaConf.create({"source": "library", "library_dir": str(folder), "count": None, "selection": "first", "seed": 0, "layer_range": None, **extra})
+    return OmegaConf.create({"_target_": "mole_exp.experts.sources.library", "library_dir": str(folder), "count": None, "selection": "first", "seed": 0, "layer_range": None, **extra})
+
+
+def test_an_experts_config_must_name_a_library_source(tmp_path):
+    from mole_exp.experts.loading import precheck
+
+    with pytest.raises(ValueError, match=r"experts._target_ is missing \(one of \['mole_exp.experts.sources.tiny', "):
+        precheck(OmegaConf.create({"source": "library", "library_dir": str(tmp_path), "count": None}))  # an older config's form
+    with pytest.raises(ValueError, match=r"gave a dict, not a Library"):
+        precheck(OmegaConf.create({"_target_": "builtins.dict", "count": None}))
+    with pytest.raises(ValueError, match=r"experts=library needs experts.library_dir=<a folder of PEFT adapters"):
+        precheck(OmegaConf.create({"_target_": "mole_exp.experts.sources.library", "library_dir": "???", "count": None}))
+    with pytest.raises(ValueError, match=r"experts=paths / lorahub need experts.ids"):
+        precheck(OmegaConf.create({"_target_": "mole_exp.experts.sources.listed", "ids": [], "ids_file": None}))
 
 
 def test_expert_count_above_the_library_size(tiny_base, cache_dir):

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mole_exp.evaluation.evaluator import GenerationSettings
 from mole_exp.experts.loading import precheck as precheck_experts
+from mole_exp.experts.sources import LEGACY_SOURCES
 from mole_exp.tasks.base import EVAL_SUBSETS
 from mole_exp.training.fit_units import check_fit_config
 from mole_exp.training.gate_guard import check_settings as check_gate_guard
@@ -45,15 +46,27 @@ def without_module_paths(node: Any) -> Any:
     return node
 
 
+def hashed_layout(data: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config in the layout its hash was first defined on, so that a run keeps its hash when the
+    config groups change shape: the experts' library written `source: <name>` where the config now names its
+    `_target_` (mole_exp/experts/sources.py). tests/test_config_hashes.py checks every preset and mini run."""
+    experts = data.get("experts")
+    if isinstance(experts, dict) and "source" not in experts and "_target_" in experts:
+        legacy = {new: old for old, new in LEGACY_SOURCES.items()}.get(str(experts["_target_"]).rpartition(".")[2])
+        if legacy:
+            data["experts"] = {("source" if k == "_target_" else k): (legacy if k == "_target_" else v) for k, v in experts.items()}
+    return data
+
+
 def config_hash(cfg: DictConfig) -> str:
     """12 hex digits of the resolved config, less what does not change the result (paths, logging, resume
-    settings, this package's module paths). Runs recorded with the hash of older code are matched through
+    settings, this package's module paths), in the layout it was first defined on (`hashed_layout`). Runs recorded with the hash of older code are matched through
     their config.yaml (`matches_config`)."""
     data = OmegaConf.to_container(cfg, resolve=True)
     for volatile in ("paths", "hydra", "logger", "resume", "callbacks", "overrides", "checkpoint_every_n_steps"):
         data.pop(volatile, None)
     data.get("trainer", {}).pop("default_root_dir", None)
-    data = without_module_paths(data)
+    data = without_module_paths(hashed_layout(data))
     return hashlib.sha256(OmegaConf.to_yaml(OmegaConf.create(data)).encode()).hexdigest()[:12]
 
 
