@@ -5,10 +5,13 @@
     python train.py -m experts.count=8,24,48,128
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 import mole_exp.training.resolvers  # noqa: F401  (registers ${folder_name:...})
+from mole_exp.training.config import check_moved_groups
 from mole_exp.training.pipeline import run
 
 
@@ -18,4 +21,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    try:
+        check_moved_groups(sys.argv[1:])  # gate=block -> composer/gate=block, said before Hydra composes
+    except ValueError as error:
+        sys.exit(f"error: {error}")
     main()

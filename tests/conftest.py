@@ -54,7 +54,7 @@ def make_tiny(**overrides):
 def tiny_experts_cfg(cache_dir: Path, num_adapters: int = 4, rank: int = 4, targets=("q", "v"), **extra):
     return OmegaConf.create(
         {
-            "source": "tiny",
+            "_target_": "mole_exp.experts.sources.tiny",
             "library_dir": str(cache_dir / "tiny_experts"),
             "tiny": {"num_adapters": num_adapters, "rank": rank, "alpha": 2 * rank, "targets": list(targets), "seed": 0},
             "count": None,

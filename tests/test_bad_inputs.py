@@ -28,7 +28,20 @@ def library_copy(tmp_path, cache_dir, tiny_base):
 
 
 def library_cfg(folder, **extra):
-    return OmegaConf.create({"source": "library", "library_dir": str(folder), "count": None, "selection": "first", "seed": 0, "layer_range": None, **extra})
+    return OmegaConf.create({"_target_": "mole_exp.experts.sources.library", "library_dir": str(folder), "count": None, "selection": "first", "seed": 0, "layer_range": None, **extra})
+
+
+def test_an_experts_config_must_name_a_library_source(tmp_path):
+    from mole_exp.experts.loading import precheck
+
+    with pytest.raises(ValueError, match=r"experts._target_ is missing \(one of \['mole_exp.experts.sources.tiny', "):
+        precheck(OmegaConf.create({"source": "library", "library_dir": str(tmp_path), "count": None}))  # an older config's form
+    with pytest.raises(ValueError, match=r"gave a dict, not a Library"):
+        precheck(OmegaConf.create({"_target_": "builtins.dict", "count": None}))
+    with pytest.raises(ValueError, match=r"experts=library needs experts.library_dir=<a folder of PEFT adapters"):
+        precheck(OmegaConf.create({"_target_": "mole_exp.experts.sources.library", "library_dir": "???", "count": None}))
+    with pytest.raises(ValueError, match=r"experts=paths / lorahub need experts.ids"):
+        precheck(OmegaConf.create({"_target_": "mole_exp.experts.sources.listed", "ids": [], "ids_file": None}))
 
 
 def test_expert_count_above_the_library_size(tiny_base, cache_dir):
@@ -227,3 +240,34 @@ def test_expert_count_beyond_the_lorahub_list_fails_before_any_model_loads(tmp_p
     with pytest.raises(ValueError, match=r"experts.count=197 but the library at lorahub holds 196 adapters \(allowed 1..196\)"):
         run(compose_cfg(["experts.count=197", f"paths.data_dir={tmp_path}"], output_dir=tmp_path / "r"))
     assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("composer", ["mixer", "nla", "lorahub", "pems", "single", "base", "fresh_lora"])
+def test_a_gate_option_on_a_composer_without_a_gate_is_refused(tmp_path, composer):
+    """`composer=mixer composer/gate=block` once did nothing, silently: refused before anything loads."""
+    from mole_exp.training.config import validate
+
+    cfg = compose_cfg([f"composer={composer}", "composer/gate=block", f"paths.data_dir={tmp_path}"], output_dir=tmp_path / "r")
+    with pytest.raises(ValueError, match=rf"composer={composer} has no gate, but a gate option was given \(composer/gate=block\): "
+                                         r"only \['mole'\] take a gate"):
+        validate(cfg)
+    validate(compose_cfg([f"composer={composer}", f"paths.data_dir={tmp_path}"], output_dir=tmp_path / "r"))  # no gate: fine
+    assert "gate" not in compose_cfg([f"composer={composer}"]).composer
+
+
+def test_the_gate_groups_older_root_name_says_where_it_lives_now():
+    from mole_exp.training.config import check_moved_groups
+
+    for given, hint in [("gate=block", "composer/gate=block"), ("gate.temperature.init=2", "composer.gate.temperature.init=2"),
+                        ("gate=matrix,block", "composer/gate=matrix,block")]:
+        with pytest.raises(ValueError, match=rf"^{given}: the gate group is nested in the composers that use it now: {hint} "):
+            check_moved_groups(["-m", given])
+    check_moved_groups(["composer/gate=block", "composer.gate.scope=token", "+experiment=paper/figure7"])
+    result = subprocess.run([sys.executable, "train.py", "gate=block", "dry_run=true"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "composer/gate=block" in result.stderr
+
+
+def test_each_gate_option_is_the_layer_gate_at_its_granularity():
+    for granularity in ("matrix", "layer", "block", "network"):
+        gate = compose_cfg(["composer=mole", f"composer/gate={granularity}"]).composer.gate
+        assert dict(gate) == {**dict(compose_cfg(["composer=mole"]).composer.gate), "granularity": granularity}

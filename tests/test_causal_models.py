@@ -256,7 +256,7 @@ def test_a_t5_adapter_on_a_causal_base_is_one_clear_error(cache_dir):
     t5_bank = load_experts(tiny_experts_cfg(cache_dir), make_tiny())
     cfg = tiny_experts_cfg(cache_dir)
     del cfg["tiny"]
-    cfg.source, cfg.ids = "list", list(t5_bank.sources[:1])
+    cfg._target_, cfg.ids = "mole_exp.experts.sources.listed", list(t5_bank.sources[:1])
     with pytest.raises(ValueError, match=r"targets module '(en|de)coder\.block\.0\.layer\.0\.SelfAttention\.q', which the base model "
                        r"tiny-llama.*base modules look like 'model\.layers\.0\.self_attn\.q_proj'"):
         load_experts(cfg, tiny_causal("llama"))
@@ -398,7 +398,7 @@ def test_routed_composers_refuse_a_causal_base_before_building_gates(name, cache
 
     base = tiny_causal("llama")
     bank = tiny_causal_bank(base, cache_dir)
-    composer = MixerComposer() if name == "mixer" else MoLEComposer(gate=compose_cfg(["composer=mole"]).gate)
+    composer = MixerComposer() if name == "mixer" else MoLEComposer(gate=compose_cfg(["composer=mole"]).composer.gate)
     with pytest.raises(ValueError, match=rf"composer={name} does not run on decoder-only models yet .* use one of \['nla'"):
         composer.compose(base, bank)
     assert not any("lora" in n.lower() or "mole" in n.lower() for n, _ in base.model.named_modules())  # nothing was wrapped

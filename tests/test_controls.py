@@ -18,7 +18,7 @@ from tests.conftest import compose_cfg, needs_data, tiny_experts_cfg
 
 
 def random_cfg(library_dir, cache_dir, seed=0, match="factors"):
-    return OmegaConf.create({"source": "random_library", "library_dir": str(library_dir), "count": None, "selection": "first",
+    return OmegaConf.create({"_target_": "mole_exp.experts.sources.random_library", "library_dir": str(library_dir), "count": None, "selection": "first",
                              "seed": 0, "layer_range": None,
                              "random": {"seed": seed, "match": match, "cache_dir": str(cache_dir / "random_libraries")}})
 

@@ -63,6 +63,8 @@ def test_incompatible_overrides_are_refused_before_anything_loads(trained_run):
     for override, reason in [
         ("experts.count=2", "the expert set is the run's"),
         ("model=flan-t5-small", "the base model is the run's"),
+        ("composer/gate=block", "its checkpoint holds gates of that shape"),
+        ("composer.gate.scope=token", "its checkpoint holds gates of that shape"),
         ("gate=block", "its checkpoint holds gates of that shape"),
         ("composer.alpha=0", "only composer.mask may change"),
         ("task=bbh", "use task@eval_task=<suite>"),

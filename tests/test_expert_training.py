@@ -31,7 +31,7 @@ def synthetic_task(datasets=("reverse", "shift")) -> Task:
 
 
 def library_cfg(folder, **extra):
-    return OmegaConf.create({"source": "library", "library_dir": str(folder), "count": None, "selection": "first", "seed": 0,
+    return OmegaConf.create({"_target_": "mole_exp.experts.sources.library", "library_dir": str(folder), "count": None, "selection": "first", "seed": 0,
                              "layer_range": None, **extra})
 
 

@@ -104,7 +104,7 @@ def test_release_leaves_the_base_as_it_was(tiny_base, tiny_bank, name):
 
 NLI_TWO = ["task=nli", "task.only=[qnli,wnli]"]
 MOLE_PER_DATASET = [
-    "composer=mole", "composer.fit_per=dataset", "gate.init_std=0.1",  # random gate init: an RNG leak would show
+    "composer=mole", "composer.fit_per=dataset", "composer.gate.init_std=0.1",  # random gate init: an RNG leak would show
     "trainer.max_steps=4", "checkpoint_every_n_steps=2", "optimizer.lr=0.05",
 ]
 

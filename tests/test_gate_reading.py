@@ -291,7 +291,7 @@ def test_metrics_record_the_reading(tmp_path, smoke_overrides):
     from mole_exp.training.pipeline import run
     from tests.conftest import compose_cfg
 
-    cfg = compose_cfg([*smoke_overrides, "composer=mole", "gate.expert_output=full", "gate.normalization=joint",
+    cfg = compose_cfg([*smoke_overrides, "composer=mole", "composer.gate.expert_output=full", "composer.gate.normalization=joint",
                        "trainer.max_steps=1", "data.eval_limit=2", "task=nli", "task.only=[wnli]"], tmp_path / "run")
     run(cfg)
     composer = read_json(tmp_path / "run" / "metrics.json")["composer"]

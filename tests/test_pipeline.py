@@ -36,7 +36,7 @@ def test_mole_trains_only_gates_and_writes_results(tmp_path, smoke_overrides, mo
 
     monkeypatch.setattr(pipeline, "fit", spy_fit)
     run_dir = tmp_path / "run"
-    cfg = compose_cfg(smoke_overrides + ["task=nli", "composer=mole", "gate=block", "optimizer.lr=0.05"], output_dir=run_dir)
+    cfg = compose_cfg(smoke_overrides + ["task=nli", "composer=mole", "composer/gate=block", "optimizer.lr=0.05"], output_dir=run_dir)
     metrics = run(cfg)
 
     # the trainable set is exactly the gates' projections and temperatures

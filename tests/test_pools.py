@@ -135,7 +135,7 @@ def test_pools_read_a_library_manifest(tmp_path):
         {"name": "anli_r1", "task": "anli_r1"}, {"name": "qnli", "task": "qnli"}, {"name": "dart", "task": "dart"},
         {"name": "joint", "task": None, "tasks": ["anli_r2", "qnli"]}, {"name": "mine", "task": "custom", "family": "nli"},
     ])
-    library = OmegaConf.create({"source": "library", "library_dir": str(folder), "count": None, "pool": "in_domain", "pool_seed": 1})
+    library = OmegaConf.create({"_target_": "mole_exp.experts.sources.library", "library_dir": str(folder), "count": None, "pool": "in_domain", "pool_seed": 1})
     assert [n for n, _ in select_pool(library, ["anli_r1", "anli_r2"], ["anli_r1"])] == ["anli_r1", "joint"]
     library.update(pool="family", family="nli")
     assert [n for n, _ in select_pool(library, [], [])] == ["anli_r1", "qnli", "joint", "mine"]

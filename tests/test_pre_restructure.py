@@ -39,7 +39,7 @@ def composed_model(load_checkpoint: bool = True):
     options = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k not in ("_target_", "tokenizer_dir")}
     base = build_tiny(str(TOKENIZER_DIR), **options)
     assert base.model_id == RECORD["base_model_id"]
-    library = OmegaConf.create({"source": "library", "library_dir": str(FIXTURE / "library"), "count": None,
+    library = OmegaConf.create({"_target_": "mole_exp.experts.sources.library", "library_dir": str(FIXTURE / "library"), "count": None,
                                 "selection": "first", "pool": "list", "seed": 0, "layer_range": None})
     bank = load_experts(library, base)  # its manifest's base fingerprint is checked against the base built here
     assert bank.names == RECORD["experts"]
@@ -169,11 +169,15 @@ def test_a_pre_restructure_run_config_still_instantiates():
     its object lives now (the synthetic suite: the tool's target, which registers the synthetic loader)."""
     from hydra.utils import get_object, instantiate
 
+    from mole_exp.training.config import config_hash
     from mole_exp.training.moved_paths import with_current_targets
 
     cfg = with_current_targets(fixture_config())
     assert cfg.model._target_ == "mole_exp.base.models.build_tiny"
-    for node in (cfg.model, cfg.composer, cfg.task, cfg.optimizer, cfg.trainer):
+    assert fixture_config().experts.source == "tiny" and "source" not in cfg.experts  # experts.source -> the library's _target_
+    assert cfg.experts._target_ == "mole_exp.experts.sources.tiny" and list(cfg.experts)[0] == "_target_"
+    assert config_hash(cfg) == HASH_WITHOUT_MODULE_PATHS  # the upgraded config is the same run
+    for node in (cfg.model, cfg.composer, cfg.task, cfg.optimizer, cfg.experts, cfg.trainer):
         assert callable(get_object(node._target_)), node._target_
     old_synthetic = OmegaConf.create({"task": {"_target_": "mole_exp.tasks.Task", "name": "synthetic", "source": "local",
                                                "datasets": {"copy": {"loader": "synthetic", "metric": "exact_match"}}},

@@ -50,9 +50,9 @@ class RunWriter:
         cfg["trainer"]["default_root_dir"] = cfg["logger"]["save_dir"] = str(run_dir)
         cfg["seed"] = cfg["experts"]["seed"] = cfg["task"]["seed"] = seed
         cfg["experts"].update(count=count, layer_range=layer_range)
-        cfg["gate"]["granularity"] = granularity
         if composer == "mole":
-            cfg["composer"].update(alpha=alpha, gate=copy.deepcopy(cfg["gate"]))
+            cfg["composer"].update(alpha=alpha)
+            cfg["composer"]["gate"]["granularity"] = granularity
             cfg["composer"]["gate"]["temperature"].update(temperature or {})
         else:
             cfg["composer"] = {"_target_": f"mole_exp.composers.{composer}.Composer", "name": composer, "mask": None}

@@ -268,3 +268,19 @@ def test_bbh_paper_preset_runs_end_to_end(tmp_path, smoke_overrides):
 def test_suite_runs_end_to_end(suite, tmp_path, smoke_overrides):
     metrics, run_dir = run_suite(suite, smoke_overrides, tmp_path)
     check_run(suite, SUITES[suite], metrics, run_dir)
+
+
+def test_seeded_builders_leave_the_callers_generator_as_it_was(tmp_path):
+    """Building the tiny T5 and the tiny library (seeded by their own seeds, under torch.random.fork_rng) draws
+    nothing from the caller's generator: the next number is the one it would have been."""
+    import torch
+
+    from mole_exp.experts.tiny_library import ensure_tiny_library
+    from tests.conftest import make_tiny
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    base = make_tiny()
+    ensure_tiny_library(base, str(tmp_path / "lib"), num_adapters=2, rank=2, alpha=4, targets=["q", "v"], seed=0)
+    assert torch.equal(torch.rand(3), expected)

@@ -135,17 +135,16 @@ def build_tiny(
         eos_token_id=tokenizer.eos_token_id,
         dropout_rate=0.0,
     )
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
     from transformers import T5ForConditionalGeneration
 
-    model = T5ForConditionalGeneration(config)
-    if model.lm_head.weight is model.shared.weight:
-        # transformers 5 always ties T5's head to the embedding at construction; FLAN-T5's head is untied
-        # (and tie_word_embeddings=False above keeps its decoder output unscaled), so give it its own weights
-        model.lm_head.weight = nn.Parameter(torch.randn_like(model.shared.weight) * config.initializer_factor)
-    model = model.to(_dtype(dtype))
-    torch.random.set_rng_state(generator_state)
+    with torch.random.fork_rng(devices=[]):  # the weights depend on `seed` alone; the caller's generator is left as it was
+        torch.manual_seed(seed)
+        model = T5ForConditionalGeneration(config)
+        if model.lm_head.weight is model.shared.weight:
+            # transformers 5 always ties T5's head to the embedding at construction; FLAN-T5's head is untied
+            # (and tie_word_embeddings=False above keeps its decoder output unscaled), so give it its own weights
+            model.lm_head.weight = nn.Parameter(torch.randn_like(model.shared.weight) * config.initializer_factor)
+        model = model.to(_dtype(dtype))
     model.generation_config.max_length = None
     model.eval()
     bind_format(tokenizer, causal=False)

@@ -57,6 +57,16 @@ def register_composer(name: str) -> Callable[[type[Composer]], type[Composer]]:
     return register
 
 
+def check_gate_option(composer: type[Composer], gate: Any) -> None:
+    """A gate option given to a composer that has no gate would silently do nothing: refused, naming the composers
+    that take one."""
+    if gate is not None and not composer.takes_gate:
+        takers = sorted(name for name, cls in COMPOSERS.items() if cls.takes_gate)
+        granularity = gate.get("granularity") if hasattr(gate, "get") else gate
+        raise ValueError(f"composer={composer.name} has no gate, but a gate option was given (composer/gate={granularity}): "
+                         f"only {takers} take a gate (composer=mole composer/gate=...)")
+
+
 @dataclass
 class SearchData:
     """What a gradient-free composer may use: the training mixture's examples and a loss to score them.
@@ -85,6 +95,7 @@ class Composer(ABC):
     name: ClassVar[str] = "?"
     trains: ClassVar[bool] = False  # fits parameters by gradient (the pipeline runs Lightning)
     searches: ClassVar[bool] = False  # fits by gradient-free search (the pipeline calls `search`)
+    takes_gate: ClassVar[bool] = False  # reads a gate option (conf/composer/gate/, composer/gate=...)
 
     @property
     def needs_training_data(self) -> bool:

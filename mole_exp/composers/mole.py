@@ -23,6 +23,7 @@ from mole_exp.mole.routing import Router
 @register_composer("mole")
 class MoLEComposer(Composer):
     trains = True
+    takes_gate = True
     def __init__(
         self,
         gate: dict[str, Any],

@@ -53,7 +53,7 @@ def check_manifest(manifest: dict[str, Any], base: BaseModel, where: str) -> Non
 
 
 def listed_ids(cfg: Any) -> list[str]:
-    """The adapters of an `experts.source=list` config: `ids` plus the lines of `ids_file` (a path or a packaged list)."""
+    """The adapters of a listed library (experts=lorahub, paths): `ids` plus the lines of `ids_file` (a path or a packaged list)."""
     ids = list(cfg.get("ids") or [])
     ids_file = cfg.get("ids_file")
     if ids_file:

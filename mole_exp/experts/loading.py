@@ -1,8 +1,8 @@
 """From an `experts` config to a validated ExpertBank: the library its source names, the pool out of it, the
 adapters read, checked against the base and stacked.
 
-Which adapters: the library (`experts.source`: the tiny library, a library folder, a list of ids, or a random
-library matched to a folder) and, out of it, the pool (`experts.pool`: random | in_domain | family | list;
+Which adapters: the library (the experts config's `_target_`, a function of mole_exp/experts/sources.py: the tiny
+library, a library folder, a list of ids, or a random library matched to a folder) and, out of it, the pool (`experts.pool`: random | in_domain | family | list;
 `select_pool`, from what mole_exp/experts/catalogue.py knows of each adapter's datasets and family).
 """
 
@@ -14,73 +14,52 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mole_exp.base.models import BaseModel
+from mole_exp.experts import sources
 from mole_exp.experts.adapters import check_target_modules, read_adapter, validate_against_base
 from mole_exp.experts.bank import ExpertBank, stack_experts
 from mole_exp.experts.catalogue import ExpertInfo, PoolSpec, expert_info, pool_datasets, select
-from mole_exp.experts.library import check_manifest, listed_ids, read_library
-from mole_exp.experts.random_library import check_options, ensure_random_library
-from mole_exp.experts.tiny_library import ensure_tiny_library, tiny_expert_name
+from mole_exp.experts.library import check_manifest
+from mole_exp.experts.sources import Library
 
 log = logging.getLogger(__name__)
 
 
-SELECTIONS = ("first", "random")
-SOURCES = ("tiny", "library", "list", "random_library")
+def open_library(cfg: Any, base: BaseModel | None = None) -> Library:
+    """The library the experts config names, built from its `_target_` (a function of mole_exp/experts/sources.py).
+    Without `base` nothing is loaded or generated (the tiny library is only named)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    target = cfg.get("_target_") if hasattr(cfg, "get") else None
+    if not target:
+        allowed = [f"{sources.__name__}.{name}" for name in sources.SOURCES]
+        raise ValueError(f"the experts config names no library: experts._target_ is missing (one of {allowed}; conf/experts/*)")
+    for key in cfg:
+        if isinstance(cfg, DictConfig) and OmegaConf.is_missing(cfg, key):
+            what = LIBRARY_DIR_HELP if key == "library_dir" else "<a value>"
+            raise ValueError(f"experts={str(target).rpartition('.')[2]} needs experts.{key}={what}")
+    try:
+        source = instantiate(cfg, _partial_=True, _convert_="all")  # the base goes in as an object, not a config
+    except InstantiationException as error:  # the source's own error, not Hydra's wrapper
+        if isinstance(error.__cause__, (ValueError, TypeError, OSError)):
+            raise error.__cause__.with_traceback(error.__cause__.__traceback__) from None
+        raise
+    library = source(base=base)
+    if not isinstance(library, Library):
+        raise ValueError(f"experts._target_={target!r} gave a {type(library).__name__}, not a {Library.__name__} (mole_exp/experts/sources.py)")
+    return library
+
+
+LIBRARY_DIR_HELP = "<a folder of PEFT adapters, e.g. made by scripts/train_experts.py>"
 
 
 def precheck(cfg: Any) -> None:
-    """The experts config's own errors, found before any model is loaded (source, selection, count, pool)."""
-    source = cfg.get("source")
-    if source not in SOURCES:
-        raise ValueError(f"experts.source={source!r} is not one of {list(SOURCES)}")
-    if cfg.get("selection", "first") not in SELECTIONS:
-        raise ValueError(f"experts.selection={cfg.get('selection')!r} is not one of {list(SELECTIONS)}")
-    count = cfg.get("count")
-    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
-        raise ValueError(f"experts.count={count!r} must be a positive integer or null (all)")
-    if source == "random_library":
-        check_options(cfg.get("random"))
-    PoolSpec.from_cfg(cfg)  # pool, pool_seed, family, names, exclude_scored
-    if source == "list" and count is not None:
-        ids = listed_ids(cfg)
-        if count > len(ids):
-            where = cfg.get("ids_file") or "experts.ids"
-            raise ValueError(f"experts.count={count} but the library at {where} holds {len(ids)} adapters (allowed 1..{len(ids)})")
-
-
-def library_entries(cfg: Any, base: BaseModel | None = None) -> tuple[list[tuple[str, str]], dict[str, Any], str]:
-    """Every adapter of the experts config's library, in its order: [(name, source)], its manifest, where it is.
-
-    Without `base` nothing is loaded or generated: the tiny library's adapters are then named as it names them,
-    with the placeholder source `tiny:<name>` (their folder depends on the base)."""
-    source = cfg.get("source")
-    if source not in SOURCES:
-        raise ValueError(f"experts.source={source!r} is not one of {list(SOURCES)}")
-    manifest: dict[str, Any] = {}
-    if source == "tiny":
-        if base is None:
-            names = [tiny_expert_name(i) for i in range(int(cfg.tiny.num_adapters))]
-            return [(n, f"tiny:{n}") for n in names], {"adapters": [{"name": n, "task": n} for n in names]}, str(cfg.library_dir)
-        folder = ensure_tiny_library(base, cfg.library_dir, **dict(cfg.tiny))
-        entries, manifest = read_library(folder)
-        where = str(folder)
-    elif source == "library":
-        if isinstance(cfg, DictConfig) and OmegaConf.is_missing(cfg, "library_dir"):
-            raise ValueError("experts=library needs experts.library_dir=<a folder of PEFT adapters, e.g. made by scripts/train_experts.py>")
-        entries, manifest = read_library(cfg.library_dir)
-        where = str(cfg.library_dir)
-    elif source == "random_library":  # seeded LoRAs shaped and norm-matched like the library's (mole_exp/experts/random_library.py)
-        folder = ensure_random_library(cfg.library_dir, cfg.get("random"), cfg.random.cache_dir)
-        entries, manifest = read_library(folder)
-        where = f"{folder} (random, matched to {cfg.library_dir})"
-    else:
-        ids = listed_ids(cfg)
-        ids_file = cfg.get("ids_file")
-        if not ids:
-            raise ValueError("experts.source=list needs experts.ids (Hub ids or folders) or experts.ids_file")
-        entries = [(_short_name(i), i) for i in ids]
-        where = str(ids_file or "experts.ids")
-    return entries, manifest, where
+    """The experts config's own errors, found before any model is loaded: the pool's options (count, selection,
+    pool, ...: PoolSpec) and the library's (its `_target_` and what that source reads, e.g. a random library's
+    options). The pool against the library (enough adapters, the names it lists) is checked where the pool is
+    selected (`select_pool`), also before any model loads."""
+    PoolSpec.from_cfg(cfg)
+    open_library(cfg)
 
 
 def expert_infos(cfg: Any, entries: list[tuple[str, str]], manifest: dict[str, Any]) -> list[ExpertInfo]:
@@ -96,7 +75,8 @@ def expert_infos(cfg: Any, entries: list[tuple[str, str]], manifest: dict[str, A
 def select_pool(cfg: Any, suite_datasets: list[str] = (), scored: list[str] = ()) -> list[tuple[str, str]]:
     """The (name, source) of every expert the config's pool composes, for a suite of `suite_datasets` scored on
     `scored`, without loading any model (experts.pool: random | in_domain | family | list)."""
-    entries, manifest, where = library_entries(cfg)
+    library = open_library(cfg)
+    entries, manifest, where = library.entries, library.manifest, library.where
     chosen = select(expert_infos(cfg, entries, manifest), PoolSpec.from_cfg(cfg), list(suite_datasets), list(scored), where)
     return [(i.name, i.source) for i in chosen]
 
@@ -116,15 +96,12 @@ def resolve_entries(
     cfg: Any, base: BaseModel, suite_datasets: list[str] = (), scored: list[str] = ()
 ) -> tuple[list[ExpertInfo], dict[str, Any], str]:
     """The adapters the experts config's pool names, before reading any weights: their infos, the manifest, where."""
-    entries, manifest, where = library_entries(cfg, base)
+    library = open_library(cfg, base)
+    entries, manifest, where = library.entries, library.manifest, library.where
     if manifest:
         check_manifest(manifest, base, where)
     chosen = select(expert_infos(cfg, entries, manifest), PoolSpec.from_cfg(cfg), list(suite_datasets), list(scored), where)
     return chosen, manifest, where
-
-
-def _short_name(source: str) -> str:
-    return source.rstrip("/").split("/")[-1]
 
 
 def load_experts(cfg: Any, base: BaseModel, suite_datasets: list[str] = (), scored: list[str] = ()) -> ExpertBank:

@@ -42,18 +42,18 @@ def ensure_tiny_library(
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_dir(folder.parent, f".{key}-")
     adapters = []
-    rng_state = torch.random.get_rng_state()
     try:
-        for i in range(num_adapters):
-            name = tiny_expert_name(i)
-            torch.manual_seed(seed * 10_000 + i)
-            peft_model = get_peft_model(
-                copy.deepcopy(base.model),
-                LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, init_lora_weights=False),
-            )
-            peft_model.peft_config["default"].base_model_name_or_path = base.model_id
-            peft_model.save_pretrained(str(staging / name), save_embedding_layers=False)
-            adapters.append({"name": name, "path": name, "task": name, "rank": rank, "targets": list(targets)})
+        with torch.random.fork_rng(devices=[]):  # seeded per adapter; the caller's generator is left as it was
+            for i in range(num_adapters):
+                name = tiny_expert_name(i)
+                torch.manual_seed(seed * 10_000 + i)
+                peft_model = get_peft_model(
+                    copy.deepcopy(base.model),
+                    LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, init_lora_weights=False),
+                )
+                peft_model.peft_config["default"].base_model_name_or_path = base.model_id
+                peft_model.save_pretrained(str(staging / name), save_embedding_layers=False)
+                adapters.append({"name": name, "path": name, "task": name, "rank": rank, "targets": list(targets)})
         manifest = {
             "kind": "tiny-random",
             "base_model_id": base.model_id,
@@ -67,7 +67,6 @@ def ensure_tiny_library(
         except OSError:  # another process made it first: theirs is equivalent (same seed)
             shutil.rmtree(staging, ignore_errors=True)
     finally:
-        torch.random.set_rng_state(rng_state)
         if staging.exists() and staging != folder:
             shutil.rmtree(staging, ignore_errors=True)
     if not (folder / MANIFEST).exists():

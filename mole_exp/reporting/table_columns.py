@@ -21,7 +21,7 @@ UNSET = "unset"
 # a config group that differs as a whole is named by its choice (from the run's overrides) or by these keys
 GROUP_IDENTITY = {
     "model": ("name_or_path", "_target_"),
-    "experts": ("ids_file", "source"),
+    "experts": ("ids_file", "source", "_target_"),  # source: the library, as configs before its _target_ named it
     "task": ("name",),
     "eval_task": ("name",),
     "trainer": ("_target_",),
@@ -115,7 +115,8 @@ def short_differences(runs: list[Run], keys: set[str]) -> dict[str, str]:
 def experts_pool(run: Run) -> str:
     experts = (run.metrics or {}).get("experts") or {}
     count = experts.get("count", run.config_value("experts.count"))
-    source = run.config_value("experts.source") or "?"
+    target = run.config_value("experts._target_")  # the library's function; older runs wrote experts.source
+    source = run.config_value("experts.source") or (str(target).rpartition(".")[2] if target else "?")
     where = run.config_value("experts.ids_file") or run.config_value("experts.library_dir") or ""
     selection = run.config_value("experts.selection")
     picked = f", {selection}" + (f" (seed {run.config_value('experts.seed')})" if selection == "random" else "") if selection else ""

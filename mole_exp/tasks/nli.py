@@ -13,27 +13,13 @@ import csv
 from typing import Any
 
 from mole_exp.tasks.base import LoadedSplits, carve, local_file, register_loader
+from mole_exp.tasks.sources import file_rows, hub_rows
 
 ANLI_OPTIONS = ["Yes", "It's impossible to say", "No"]  # entailment, neutral, contradiction (FLAN)
 ANLI_LOCAL_LABELS = {"e": 0, "n": 1, "c": 2}
 QNLI_OPTIONS = ["yes", "no"]  # entailment, not_entailment (FLAN)
 QNLI_LOCAL_LABELS = {"entailment": 0, "not_entailment": 1}
 WNLI_OPTIONS = ["no", "yes"]  # label 0 = not entailment, 1 = entailment (FLAN)
-
-
-def _load_rows(kind: str, path, **kwargs) -> list[dict[str, Any]]:
-    import datasets
-
-    datasets.disable_progress_bars()
-    return list(datasets.load_dataset(kind, data_files=str(path), split="train", **kwargs))
-
-
-def _load_hub(path: str, name: str | None, split: str) -> list[dict[str, Any]]:
-    import datasets
-
-    from mole_exp.base.hub import from_hub
-
-    return list(from_hub("dataset", path, lambda: datasets.load_dataset(path, name, split=split)))
 
 
 def _labelled(row: dict[str, Any], options: list[str], label: int, **fields: str) -> dict[str, Any]:
@@ -53,14 +39,14 @@ def load_anli(name: str, source: str, data_dir: str | None, seed: int, round: in
         return out
 
     if source == "hub":
-        train = convert(_load_hub(hub_id, None, f"train_r{round}"), False)
-        test = convert(_load_hub(hub_id, None, f"test_r{round}"), False)
+        train = convert(hub_rows(hub_id, None, f"train_r{round}"), False)
+        test = convert(hub_rows(hub_id, None, f"test_r{round}"), False)
         return LoadedSplits(train, test, f"hub {hub_id}: train_r{round} / test_r{round}")
     dev = local_file(data_dir, f"anli/R{round}/dev.jsonl", hub_id)
     test = local_file(data_dir, f"anli/R{round}/test.jsonl", hub_id)
     return LoadedSplits(
-        convert(_load_rows("json", dev), True),
-        convert(_load_rows("json", test), True),
+        convert(file_rows("json", dev), True),
+        convert(file_rows("json", test), True),
         f"local: ANLI R{round} has no train split here; gates train on dev.jsonl, evaluation on test.jsonl",
     )
 
@@ -81,7 +67,7 @@ def load_qnli(name: str, source: str, data_dir: str | None, seed: int, eval_frac
         ]
 
     if source == "hub":
-        return LoadedSplits(convert(_load_hub(hub_id, "qnli", "train"), False), convert(_load_hub(hub_id, "qnli", "validation"), False), f"hub {hub_id}/qnli: train / validation")
+        return LoadedSplits(convert(hub_rows(hub_id, "qnli", "train"), False), convert(hub_rows(hub_id, "qnli", "validation"), False), f"hub {hub_id}/qnli: train / validation")
     rows = convert(_read_tsv(local_file(data_dir, "glue/QNLI/dev.tsv", f"{hub_id} (qnli)")), True)
     train, test = carve(rows, eval_fraction, seed)
     return LoadedSplits(train, test, f"local: only GLUE QNLI dev is labelled here; seeded (seed={seed}) disjoint split, {len(train)} train / {len(test)} eval")
@@ -93,7 +79,7 @@ def load_wnli(name: str, source: str, data_dir: str | None, seed: int, hub_id: s
         return [_labelled(r, WNLI_OPTIONS, int(r["label"]), sentence1=r["sentence1"], sentence2=r["sentence2"]) for r in rows if str(r["label"]).lstrip("-").isdigit() and int(r["label"]) >= 0]
 
     if source == "hub":
-        return LoadedSplits(convert(_load_hub(hub_id, "wnli", "train")), convert(_load_hub(hub_id, "wnli", "validation")), f"hub {hub_id}/wnli: train / validation")
+        return LoadedSplits(convert(hub_rows(hub_id, "wnli", "train")), convert(hub_rows(hub_id, "wnli", "validation")), f"hub {hub_id}/wnli: train / validation")
     train = _read_tsv(local_file(data_dir, "glue/WNLI/train.tsv", f"{hub_id} (wnli)")) + _read_tsv(local_file(data_dir, "glue/WNLI/dev.tsv", f"{hub_id} (wnli)"))
     test = _read_tsv(local_file(data_dir, "glue/WNLI/test.tsv", f"{hub_id} (wnli)"))
     return LoadedSplits(convert(train), convert(test), "local: GLUE WNLI train (train.tsv + dev.tsv here) trains, GLUE dev (test.tsv here) evaluates")

@@ -175,7 +175,7 @@ def save_base(base: BaseModel, folder: Path) -> str:
 def tiny_experts_cfg(cache_dir: str, num_experts: int, rank: int):
     return OmegaConf.create(
         {
-            "source": "tiny",
+            "_target_": "mole_exp.experts.sources.tiny",
             "library_dir": str(Path(cache_dir) / "tiny_experts"),
             "tiny": {"num_adapters": num_experts, "rank": rank, "alpha": 2 * rank, "targets": ["q", "v"], "seed": 0},
             "count": None, "selection": "first", "seed": 0, "layer_range": None,

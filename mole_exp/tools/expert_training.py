@@ -75,11 +75,10 @@ def train_expert(
     import torch
     from peft import LoraConfig, get_peft_model
 
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)  # the LoRA A initialisation
     config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=float(lora.dropout), target_modules=list(lora.targets))
-    peft_model = get_peft_model(base.model, config)
-    torch.random.set_rng_state(generator_state)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the LoRA A initialisation
+        peft_model = get_peft_model(base.model, config)
     try:
         report = fit_seq2seq(peft_model, base.tokenizer, examples, train, seed, what=what)
         peft_model.peft_config["default"].base_model_name_or_path = base.model_id

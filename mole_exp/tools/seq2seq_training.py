@@ -67,33 +67,32 @@ def fit_seq2seq(
     if not examples:
         raise ValueError(f"{what}: no training examples")
     device = next(model.parameters()).device
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)  # dropout masks
-    loader = train_loader(tokenizer, examples, settings.batch_size, settings.max_source_length, settings.max_target_length, seed)
-    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(settings))
-    model.train()
-    started, step, recent = time.perf_counter(), 0, []
-    try:
-        while step < settings.steps:
-            for batch in loader:
-                batch = {k: v.to(device) for k, v in batch.items()}
-                loss = model(**batch).loss
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{what}: non-finite loss at step {step}; lower the learning rate")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-                optimizer.step()
-                scheduler.step()
-                recent.append(float(loss.detach()))
-                step += 1
-                if step % settings.log_every == 0 or step == settings.steps:
-                    log.info("%s: step %d/%d loss %.4f", what, step, settings.steps, sum(recent[-20:]) / len(recent[-20:]))
-                if step >= settings.steps:
-                    break
-    finally:
-        model.eval()
-        torch.random.set_rng_state(generator_state)
+    with torch.random.fork_rng(devices=[]):  # the caller's generator is left as it was
+        torch.manual_seed(seed)  # dropout masks
+        loader = train_loader(tokenizer, examples, settings.batch_size, settings.max_source_length, settings.max_target_length, seed)
+        optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(settings))
+        model.train()
+        started, step, recent = time.perf_counter(), 0, []
+        try:
+            while step < settings.steps:
+                for batch in loader:
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                    loss = model(**batch).loss
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"{what}: non-finite loss at step {step}; lower the learning rate")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+                    optimizer.step()
+                    scheduler.step()
+                    recent.append(float(loss.detach()))
+                    step += 1
+                    if step % settings.log_every == 0 or step == settings.steps:
+                        log.info("%s: step %d/%d loss %.4f", what, step, settings.steps, sum(recent[-20:]) / len(recent[-20:]))
+                    if step >= settings.steps:
+                        break
+        finally:
+            model.eval()
     tail = recent[-min(20, len(recent)) :]
     return {"steps": step, "final_loss": round(sum(tail) / len(tail), 4), "seconds": round(time.perf_counter() - started, 2)}

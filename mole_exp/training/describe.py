@@ -6,6 +6,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from mole_exp.experts.sources import source_name
 from mole_exp.training.fit_units import SUITE, FitUnit, configured_datasets, plan_units
 
 
@@ -25,7 +26,7 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
     return {
         "overrides": list(cfg.get("overrides") or []),
         "model": str(model),
-        "experts": f"{cfg.experts.source}:{cfg.experts.get('count') or 'all'}",
+        "experts": f"{source_name(cfg.experts)}:{cfg.experts.get('count') or 'all'}",
         "composer": cfg.composer.name,
         "task": cfg.task.name,
         "eval_task": cfg.eval_task.name if cfg.get("eval_task") else cfg.task.name,

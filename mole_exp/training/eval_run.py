@@ -29,11 +29,12 @@ CHECKPOINT_FILE = "composer.safetensors"
 EVAL_SUITE_GROUP = ("task", "eval_task")  # the one group option eval.py takes: task@eval_task=<suite>
 ALWAYS_ALLOWED = ("checkpoint", "name")
 
+GATE_IS_THE_RUNS = "the gate (granularity, input form, scope, temperature) is the run's: its checkpoint holds gates of that shape"
 # why a key of the training config cannot change at evaluation (first matching prefix wins)
 REFUSALS = (
     ("model", "the base model is the run's: its gates were trained on that base"),
     ("experts", "the expert set is the run's: its gates were trained over those experts (another set needs a new training run)"),
-    ("gate", "the gate (granularity, input form, scope, temperature) is the run's: its checkpoint holds gates of that shape"),
+    *((key, GATE_IS_THE_RUNS) for key in ("composer/gate", "composer.gate", "gate")),  # gate: the group's older name
     ("composer", "the composer and its settings are the run's (only composer.mask may change at evaluation)"),
     ("task", "task is the suite the run trained on; to evaluate another suite use task@eval_task=<suite>"),
     ("eval_task", "choose another evaluation suite with task@eval_task=<suite>"),

@@ -72,9 +72,9 @@ def model_artifacts(model_cfg: Any) -> list[Artifact]:
 
 def adapter_artifacts(cfg: Any) -> list[Artifact]:
     """The Hub adapters of the run's expert pool (every fit unit's pool, when units differ in it)."""
-    from mole_exp.experts.loading import select_pool, unit_pool_views
+    from mole_exp.experts.loading import open_library, select_pool, unit_pool_views
 
-    if cfg.experts.get("source") != "list":
+    if not open_library(cfg.experts).hub:
         return []
     sources = {source: None for suite, scored in unit_pool_views(cfg) for _, source in select_pool(cfg.experts, suite, scored)}
     return [Artifact("adapter", source) for source in sources if not is_local(source)]

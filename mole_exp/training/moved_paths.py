@@ -1,7 +1,7 @@
 """Where objects named in configs written by older code live now, so that a finished run's config.yaml still
 instantiates (eval.py reads it as it was written).
 
-A `_target_` under a moved module is rewritten to the module it moved to. A task suite written as the core
+An experts config naming its library `source: <name>` names it by `_target_` now. A `_target_` under a moved module is rewritten to the module it moved to. A task suite written as the core
 `Task` over a loader that now lives in a tool (the synthetic tasks) gets that tool's suite target, which
 registers the loader. Moving a module whose objects configs name adds a line to MOVED_MODULES.
 (config_hash ignores module paths, so none of this changes a run's hash.)
@@ -12,6 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from mole_exp.experts import sources
+from mole_exp.experts.sources import LEGACY_SOURCES
 
 MOVED_MODULES = {  # before the package restructure -> since
     "mole_exp.models": "mole_exp.base.models",
@@ -42,6 +45,16 @@ def _upgrade(node: Any) -> Any:
     return node
 
 
+def _upgrade_experts(data: dict[str, Any]) -> dict[str, Any]:
+    """An experts config that named its library `source: <name>` names it by `_target_` (mole_exp/experts/sources.py)."""
+    experts = data.get("experts")
+    if isinstance(experts, dict) and "_target_" not in experts and experts.get("source") in LEGACY_SOURCES:
+        target = f"{sources.__name__}.{LEGACY_SOURCES[experts['source']]}"
+        data["experts"] = {("_target_" if k == "source" else k): (target if k == "source" else v) for k, v in experts.items()}
+    return data
+
+
 def with_current_targets(cfg: DictConfig) -> DictConfig:
-    """`cfg` (a run's config as written) with every `_target_` naming where its object lives now."""
-    return OmegaConf.create(_upgrade(OmegaConf.to_container(cfg, resolve=False)))
+    """`cfg` (a run's config as written) with every `_target_` naming where its object lives now, and the experts'
+    library named by its `_target_` where older code wrote `experts.source`."""
+    return OmegaConf.create(_upgrade(_upgrade_experts(OmegaConf.to_container(cfg, resolve=False))))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from mole_exp.experts.catalogue import PoolSpec, pool_datasets
+from mole_exp.experts.sources import source_name
 
 
 def experts_protocol(cfg: Any, names: list[str], ids: list[str], entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -19,7 +20,7 @@ def experts_protocol(cfg: Any, names: list[str], ids: list[str], entries: list[d
     trained = [list(e.get("tasks") or ([e["task"]] if e.get("task") else [])) for e in entries] or [[] for _ in names]
     return {
         **PoolSpec.from_cfg(cfg.experts).record(),
-        "library": str(cfg.experts.get("ids_file") or cfg.experts.get("library_dir") or cfg.experts.source),
+        "library": str(cfg.experts.get("ids_file") or cfg.experts.get("library_dir") or source_name(cfg.experts)),
         "ids": list(ids),
         "names": list(names),
         "trained_on": dict(zip(names, trained, strict=True)),

@@ -51,15 +51,13 @@ def build_model(shape: str, device: torch.device, dtype: torch.dtype, dropout: f
     from transformers import T5Config, T5ForConditionalGeneration
 
     config = T5Config(**COMMON_CONFIG, **shape_config(shape, layers), dropout_rate=dropout)
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    with torch.device(device):
+    with torch.random.fork_rng(devices=[]), torch.device(device):  # the weights depend on `seed` alone
+        torch.manual_seed(seed)
         model = T5ForConditionalGeneration(config)
         if model.lm_head.weight is model.shared.weight:
             # transformers 5 forces T5Config.tie_word_embeddings=True (a checkpoint whose head differs loads
             # untied); FLAN-T5's head is untied, so give it its own weights (HF's init for an untied head)
             model.lm_head.weight = nn.Parameter(torch.randn_like(model.shared.weight) * config.initializer_factor)
-    torch.random.set_rng_state(state)
     model = model.to(device=device, dtype=dtype)
     model.generation_config.max_length = None
     freeze(model)

@@ -103,8 +103,8 @@ def make_plan(settings: MiniSettings, libraries: dict[int, Path], out_dir: Path,
         overrides = ("model=small_synthetic", *settings.model, *experts, *settings.compose, *extra, f"task={task}", *only,
                      *settings.data, f"task.args.data_seed={seed}", f"composer={composer}", *COMPOSER_OVERRIDES.get(composer, ()),
                      *extra_overrides, f"seed={seed}")
-        if composer == "mole" and not any(o.startswith("gate=") for o in extra_overrides):
-            overrides = (*overrides, f"gate={settings.default_granularity}")
+        if composer == "mole" and not any(o.startswith("composer/gate=") for o in extra_overrides):
+            overrides = (*overrides, f"composer/gate={settings.default_granularity}")
         run_dir = out_dir / "runs" / study / label.replace(" ", "_").replace("(", "").replace(")", "") / f"seed{seed}"
         runs.append(RunSpec(study, label, seed, overrides, run_dir, composer, needs, {**facts, **seed_axes(seed)}))
         return run_dir
@@ -131,10 +131,10 @@ def make_plan(settings: MiniSettings, libraries: dict[int, Path], out_dir: Path,
         if "mole" in usable:
             for granularity in settings.granularities:
                 if granularity != settings.default_granularity:
-                    add("granularity", f"mole {granularity}", seed, "mole", MIXTURE_TASK, (f"gate={granularity}",), granularity=granularity)
+                    add("granularity", f"mole {granularity}", seed, "mole", MIXTURE_TASK, (f"composer/gate={granularity}",), granularity=granularity)
             add("balance", "mole alpha=0", seed, "mole", MIXTURE_TASK, ("composer.alpha=0",), alpha=0.0)
             for tau in settings.temperatures:
-                fixed = ("composer.alpha=0", "gate.temperature.learnable=false", f"gate.temperature.init={tau:g}")
+                fixed = ("composer.alpha=0", "composer.gate.temperature.learnable=false", f"composer.gate.temperature.init={tau:g}")
                 add("balance", f"mole alpha=0 tau={tau:g}", seed, "mole", MIXTURE_TASK, fixed, alpha=0.0, temperature=tau)
         for count in settings.counts:
             for composer in (c for c in COUNT_COMPOSERS if c in usable):
