@@ -3,7 +3,9 @@
 `inject_mole` wraps every adapted linear of the base in a MoLELinear (its stacked experts, its gate scope, its
 token stream) and attaches a Router holding one Gate per scope of the granularity (`ModelFamily.scope`) as
 `model.mole_gate`; `attach_router` does the wrapping for any router (the mixer's token router too) and
-`detach_router` undoes it: every base linear back in place, the router's hooks and attribute removed.
+registers the router's hooks. `remove` is their inverse: every base linear back in place, the router's hooks
+removed, its attribute deleted and its per-forward state dropped, so that the model equals the base bit for bit
+(state dict, module tree, hooks, outputs; tests/test_inject.py).
 """
 
 from __future__ import annotations
@@ -99,13 +101,16 @@ def attach_router(
     return router
 
 
-def detach_router(base: BaseModel, attribute: str) -> None:
-    """Undo `attach_router`: every MoLELinear back to its base linear, the router's hooks and attribute removed."""
+def remove(base: BaseModel, router: Router) -> None:
+    """The inverse of `inject_mole` / `attach_router`: every MoLELinear bound to `router` back to its base
+    linear, the router's hooks removed, its attribute deleted, its per-forward state and records dropped."""
     model = base.model
-    router = getattr(model, attribute)
+    attribute = next((name for name, child in model.named_children() if child is router), None)
+    if attribute is None:
+        raise ValueError(f"{type(router).__name__} is not attached to this model (removed already, or injected into another)")
     router.detach()
     for name, layer in list(model.named_modules()):
-        if isinstance(layer, MoLELinear):
+        if isinstance(layer, MoLELinear) and layer.router is router:
             parent_name, _, leaf = name.rpartition(".")
             setattr(model.get_submodule(parent_name), leaf, layer.base_layer)
     delattr(model, attribute)

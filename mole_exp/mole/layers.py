@@ -62,6 +62,10 @@ class MoLELinear(nn.Module):
     def bind(self, router: Router) -> None:
         self._router = [router]
 
+    @property
+    def router(self) -> Router | None:
+        return self._router[0] if self._router else None
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # hidden: (B, T, d_in)
         base_output = self.base_layer(hidden)  # (B, T, d_out)
         router = self._router[0]

@@ -72,10 +72,17 @@ class Router(nn.Module):
         ]
 
     def detach(self) -> None:
-        """Remove the hooks `attach` put on the stacks (the adapted linears are unwrapped by `detach_router`)."""
+        """Remove the hooks `attach` put on the stacks and drop every per-forward state and record (the adapted
+        linears are unwrapped by `inject.remove`)."""
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
+        self._pass_probs.clear()
+        self._gate_rank_inputs = None
+        self._decoder_offset = 0
+        self._decoder_state.clear()
+        self._stream_masks = {"encoder": None, "memory": None}
+        self.records = []
 
     def _before_encoder(self, module, args, kwargs):
         self._stream_masks["encoder"] = kwargs.get("attention_mask")

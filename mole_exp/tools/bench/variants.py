@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from mole_exp.base.models import BaseModel
 from mole_exp.experts.bank import ExpertBank, TargetExperts
 from mole_exp.mole import rank_space
-from mole_exp.mole.inject import inject_mole
+from mole_exp.mole.inject import inject_mole, remove
 from mole_exp.mole.layers import MoLELinear
 
 VARIANTS = ("rank_space", "rank_space_saved", "stacked", "loop", "peft")
@@ -104,23 +104,11 @@ def inject_variant(base: BaseModel, bank: ExpertBank, gate_cfg: dict[str, Any], 
     return router
 
 
-def remove_mole(base: BaseModel, bank: ExpertBank) -> None:
-    model = base.model
-    for name in bank.targets:
-        parent_name, _, leaf = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        layer = getattr(parent, leaf)
-        if isinstance(layer, MoLELinear):
-            setattr(parent, leaf, layer.base_layer)
-    router = getattr(model, "mole_gate", None)
+def remove_mole(base: BaseModel) -> None:
+    """Take MoLE out of the base again (the mechanism's own inverse of its injection), if it went in."""
+    router = getattr(base.model, "mole_gate", None)
     if router is not None:
-        for hook in router._hooks:
-            hook.remove()
-        router._hooks = []
-        router.pop_records()
-        router._pass_probs.clear()
-        router._decoder_state.clear()
-        del model.mole_gate
+        remove(base, router)
 
 
 def inject_peft(base: BaseModel, bank: ExpertBank, rank: int):
