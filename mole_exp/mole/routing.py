@@ -6,7 +6,7 @@ It is attached to the model as `model.mole_gate`, so every trainable parameter i
 Per forward it knows, through pre-hooks on the encoder and decoder stacks:
 - the valid-token masks of the encoder input (for the encoder's and the cross-attention memory's gates),
 - the decoder's cache offset, so that causal pooling continues a running sum during cached generation
-  (and follows beam-search reordering of the cache),
+  (and follows beam search's reordering of the cache, mole/beam_search.py),
 - which gates were already evaluated in this pass: a shared gate is computed at the first adapted linear
   of its scope and reused by the others.
 """
@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from mole_exp.mole import rank_space
+from mole_exp.mole.beam_search import follow_beam_reorder
 from mole_exp.mole.gates import IMPLEMENTATIONS, Gate, balance_loss, entropy, pool_bidirectional, pool_causal
 
 
@@ -64,11 +65,13 @@ class Router(nn.Module):
 
     # ------------------------------------------------------------------ wiring
 
-    def attach(self, stacks: dict[str, nn.Module]) -> None:
-        """Follow the stacks' forwards (valid-token masks, cache offsets) through pre-hooks on them."""
+    def attach(self, model: nn.Module, stacks: dict[str, nn.Module]) -> None:
+        """Follow the stacks' forwards (valid-token masks, cache offsets) through pre-hooks on them, and beam
+        search's reordering of the cache (mole/beam_search.py). `detach` removes all of them."""
         self._hooks = [
             stacks["encoder"].register_forward_pre_hook(self._before_encoder, with_kwargs=True),
             stacks["decoder"].register_forward_pre_hook(self._before_decoder, with_kwargs=True),
+            follow_beam_reorder(model, self._reorder_running_sums),
         ]
 
     def detach(self) -> None:
@@ -94,21 +97,12 @@ class Router(nn.Module):
         self._decoder_offset = cache.get_seq_length() if cache is not None else 0
         if self._decoder_offset == 0:
             self._decoder_state.clear()
-        elif cache is not None and not getattr(cache, "_mole_reorders", False):
-            self._follow_beam_reorder(cache)
         self._pass_probs.clear()
 
-    def _follow_beam_reorder(self, cache) -> None:
-        """Beam search reorders the KV cache between steps; the running gate sums must follow it."""
-        reorder = cache.reorder_cache
-
-        def reorder_with_gate_state(beam_idx: torch.LongTensor):
-            reorder(beam_idx)
-            for scope, (running_sum, count) in self._decoder_state.items():
-                self._decoder_state[scope] = (running_sum.index_select(0, beam_idx.to(running_sum.device)), count)
-
-        cache.reorder_cache = reorder_with_gate_state
-        cache._mole_reorders = True
+    def _reorder_running_sums(self, beam_idx: torch.LongTensor) -> None:
+        """Beam search reordered the KV cache between steps; the running gate sums follow it."""
+        for scope, (running_sum, count) in self._decoder_state.items():
+            self._decoder_state[scope] = (running_sum.index_select(0, beam_idx.to(running_sum.device)), count)
 
     # ------------------------------------------------------------------ the gate weights of one linear
 
