@@ -2,7 +2,33 @@
 
 Everything that knows how a model family names its modules lives here: which stacks it has, how a
 module name splits into (stack, block, sub-layer, projection), and therefore which gate *scope* a
-linear belongs to at each granularity. Adding a decoder-only family means adding one `ModelFamily`.
+linear belongs to at each granularity, and which token *streams* its adapted linears read. Nothing outside
+this module names a family's modules (tests/test_family_names.py greps the package). Adding a decoder-only
+family means adding one `ModelFamily`.
+
+The interface the mechanism (mole_exp/mole/) reads of a family:
+
+    family.position(module_name) -> ModulePosition     where a linear sits; its `.stream`, the name of the
+                                                        token sequence it reads
+    family.scope(module_name, granularity) -> str      the gate it belongs to (a scope never mixes streams)
+    family.streams -> tuple[Stream, ...]               every stream, each saying
+        name           what `ModulePosition.stream` calls it
+        module         the submodule (a name for `model.get_submodule`) whose forward carries the stream's
+                       inputs: the router puts a forward pre-hook on it, which starts a new pass of the gates
+        mask_argument  the keyword of that forward holding the stream's (B, T) valid-token mask, or None:
+                       a bidirectional stream's sequence-scope gates average over its valid tokens
+        causal         the stream is read left to right and may be decoded step by step with a KV cache
+                       (found in the forward's `past_key_values` / `cache` keyword): its sequence-scope gates
+                       average over the prefix (position t: tokens <= t), continuing a running sum across
+                       cached steps, so teacher forcing and cached generation give identical weights; beam
+                       search's reordering of the cache is followed (mole_exp/mole/beam_search.py)
+
+T5 (an encoder-decoder) has three streams: the encoder's input (bidirectional, its attention mask), the
+decoder's prefix (causal), and the cross-attention memory, the decoder's cross-attention keys/values, which
+read the encoder's output (bidirectional, the decoder forward's encoder attention mask). A decoder-only family
+is one entry with a single causal stream on its decoder module, e.g.
+`Stream(name="tokens", module="model", mask_argument=None, causal=True)`. A causal stream with a valid-token
+mask (left padding) is not supported yet: the mechanism refuses it (`Stream.__post_init__`).
 """
 
 from __future__ import annotations
@@ -13,6 +39,23 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 GRANULARITIES = ("matrix", "layer", "block", "network")
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One token sequence that adapted linears read (see the module docstring)."""
+
+    name: str
+    module: str
+    mask_argument: str | None
+    causal: bool
+
+    def __post_init__(self):
+        if self.causal and self.mask_argument is not None:
+            raise ValueError(
+                f"stream {self.name!r}: a causal stream with a valid-token mask ({self.mask_argument!r}) is not supported; "
+                f"its gates average over the whole prefix (mask_argument=None)"
+            )
 
 
 @dataclass(frozen=True)
@@ -49,6 +92,7 @@ class ModelFamily:
     # short target names users write in configs -> the leaf names the family uses
     attention_projections: tuple[str, ...]
     all_linear_projections: tuple[str, ...]
+    streams: tuple[Stream, ...]  # the token sequences its adapted linears read (module docstring)
 
     def position(self, module_name: str) -> ModulePosition:
         match = self.module_pattern.match(module_name)
@@ -85,8 +129,11 @@ class ModelFamily:
             return f"{pos.stack}.block.{pos.block}{suffix}"
         return f"network.{pos.stream}"
 
-    def stack_modules(self, model: nn.Module) -> dict[str, nn.Module]:
-        return {stack: getattr(model, stack) for stack in self.stacks}
+    def stream(self, name: str) -> Stream:
+        for stream in self.streams:
+            if stream.name == name:
+                return stream
+        raise ValueError(f"stream {name!r} is not one of the {self.name} family's streams {[s.name for s in self.streams]}")
 
     def num_blocks(self, model: nn.Module, stack: str) -> int:
         return len(getattr(model, stack).block)
@@ -114,6 +161,11 @@ T5_FAMILY = ModelFamily(
     ),
     attention_projections=("q", "k", "v", "o"),
     all_linear_projections=("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo"),
+    streams=(
+        Stream(name="encoder", module="encoder", mask_argument="attention_mask", causal=False),
+        Stream(name="decoder", module="decoder", mask_argument=None, causal=True),
+        Stream(name="memory", module="decoder", mask_argument="encoder_attention_mask", causal=False),
+    ),
 )
 
 FAMILIES = (T5_FAMILY,)

@@ -97,7 +97,7 @@ def attach_router(
     model.add_module(attribute, router)
     for layer in layers:
         layer.bind(router)
-    router.attach(model, family.stack_modules(model))
+    router.attach(model, family.streams)
     return router
 
 

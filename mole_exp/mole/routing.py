@@ -3,10 +3,11 @@
 It is attached to the model as `model.mole_gate`, so every trainable parameter is named
 `mole_gate.gates.<scope>.projection` or `mole_gate.gates.<scope>.temperature.log_tau`.
 
-Per forward it knows, through pre-hooks on the encoder and decoder stacks:
-- the valid-token masks of the encoder input (for the encoder's and the cross-attention memory's gates),
-- the decoder's cache offset, so that causal pooling continues a running sum during cached generation
-  (and follows beam search's reordering of the cache, mole/beam_search.py),
+Which token streams exist, and which mask feeds which gate, the router takes from the model family
+(`ModelFamily.streams`, mole_exp/base/family.py). Per forward it knows, through a pre-hook on each stream's module:
+- the valid-token mask of each bidirectional stream (its sequence-scope gates average over its valid tokens),
+- each causal stream's cache offset, so that its prefix pooling continues a running sum during cached
+  generation (and follows beam search's reordering of the cache, mole/beam_search.py),
 - which gates were already evaluated in this pass: a shared gate is computed at the first adapted linear
   of its scope and reused by the others.
 """
@@ -14,11 +15,13 @@ Per forward it knows, through pre-hooks on the encoder and decoder stacks:
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import partial
 from typing import Protocol
 
 import torch
 import torch.nn as nn
 
+from mole_exp.base.family import Stream
 from mole_exp.mole import rank_space
 from mole_exp.mole.beam_search import follow_beam_reorder
 from mole_exp.mole.gates import IMPLEMENTATIONS, Gate, balance_loss, entropy, pool_bidirectional, pool_causal
@@ -27,16 +30,16 @@ from mole_exp.mole.gates import IMPLEMENTATIONS, Gate, balance_loss, entropy, po
 class GatedLinear(Protocol):
     """What the router reads of an adapted linear (a MoLELinear, mole/layers.py, which calls the router)."""
 
-    module_name: str  # e.g. "encoder.block.0.layer.0.SelfAttention.q"
+    module_name: str  # its name in the model
     gate_key: str  # the scope of its gate
-    stream: str  # the token sequence it reads: "encoder" | "decoder" | "memory"
+    stream: str  # the name of the token stream it reads (ModelFamily.streams)
     lora_A: torch.Tensor  # (N, r, d_in)
     lora_B: torch.Tensor  # (N, d_out, r)
     scaling: torch.Tensor  # (N,)
 
 
 def module_key(scope: str) -> str:
-    """ModuleDict keys cannot hold '.': encoder.block.0 -> encoder_block_0 (':memory' -> '__memory')."""
+    """ModuleDict keys cannot hold '.' (a.b.0 -> a_b_0) and ':' is written '__' (x:memory -> x__memory)."""
     return scope.replace(":", "__").replace(".", "_")
 
 
@@ -52,9 +55,10 @@ class Router(nn.Module):
         self.implementation = implementation
         self.register_buffer("expert_mask", None, persistent=False)
         self.collecting = False
-        self._stream_masks: dict[str, torch.Tensor | None] = {"encoder": None, "memory": None}
-        self._decoder_offset = 0
-        self._decoder_state: dict[str, tuple[torch.Tensor, int]] = {}
+        self.streams: dict[str, Stream] = {}  # name -> the family's stream, set by `attach`
+        self._stream_masks: dict[str, torch.Tensor | None] = {}  # bidirectional stream -> (B, T) valid tokens
+        self._offsets: dict[str, int] = {}  # causal stream -> tokens already in its KV cache
+        self._running: dict[str, tuple[torch.Tensor, int, str]] = {}  # causal scope -> (logit sum (B, N), count, stream)
         self._pass_probs: dict[str, torch.Tensor] = {}
         self._gate_rank_inputs: tuple[GatedLinear, torch.Tensor] | None = None  # (linear, u = A x) from its gate, for its mix
         self.records: list[tuple[str, torch.Tensor]] = []
@@ -65,44 +69,53 @@ class Router(nn.Module):
 
     # ------------------------------------------------------------------ wiring
 
-    def attach(self, model: nn.Module, stacks: dict[str, nn.Module]) -> None:
-        """Follow the stacks' forwards (valid-token masks, cache offsets) through pre-hooks on them, and beam
-        search's reordering of the cache (mole/beam_search.py). `detach` removes all of them."""
+    def attach(self, model: nn.Module, streams: tuple[Stream, ...]) -> None:
+        """Follow the forwards of the streams' modules (valid-token masks, cache offsets) through a pre-hook on
+        each, and beam search's reordering of the cache (mole/beam_search.py). `detach` removes all of them."""
+        self.streams = {stream.name: stream for stream in streams}
+        by_module: dict[str, list[Stream]] = {}
+        for stream in streams:
+            by_module.setdefault(stream.module, []).append(stream)
         self._hooks = [
-            stacks["encoder"].register_forward_pre_hook(self._before_encoder, with_kwargs=True),
-            stacks["decoder"].register_forward_pre_hook(self._before_decoder, with_kwargs=True),
-            follow_beam_reorder(model, self._reorder_running_sums),
+            model.get_submodule(module).register_forward_pre_hook(partial(self._before_stream_module, tuple(group)), with_kwargs=True)
+            for module, group in by_module.items()
         ]
+        self._hooks.append(follow_beam_reorder(model, self._reorder_running_sums))
+        self._reset_state()
 
     def detach(self) -> None:
-        """Remove the hooks `attach` put on the stacks and drop every per-forward state and record (the adapted
+        """Remove the hooks `attach` put on the model and drop every per-forward state and record (the adapted
         linears are unwrapped by `inject.remove`)."""
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
-        self._pass_probs.clear()
-        self._gate_rank_inputs = None
-        self._decoder_offset = 0
-        self._decoder_state.clear()
-        self._stream_masks = {"encoder": None, "memory": None}
+        self._reset_state()
         self.records = []
 
-    def _before_encoder(self, module, args, kwargs):
-        self._stream_masks["encoder"] = kwargs.get("attention_mask")
+    def _reset_state(self) -> None:
         self._pass_probs.clear()
+        self._gate_rank_inputs = None
+        self._stream_masks = {name: None for name, stream in self.streams.items() if not stream.causal}
+        self._offsets = {name: 0 for name, stream in self.streams.items() if stream.causal}
+        self._running.clear()
 
-    def _before_decoder(self, module, args, kwargs):
-        self._stream_masks["memory"] = kwargs.get("encoder_attention_mask")
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        self._decoder_offset = cache.get_seq_length() if cache is not None else 0
-        if self._decoder_offset == 0:
-            self._decoder_state.clear()
+    def _before_stream_module(self, streams: tuple[Stream, ...], module, args, kwargs):
+        """A forward of a stream module starts a new pass of its gates: read its streams' masks and cache offset."""
+        for stream in streams:
+            if stream.causal:
+                cache = kwargs.get("past_key_values", kwargs.get("cache"))
+                self._offsets[stream.name] = cache.get_seq_length() if cache is not None else 0
+                if self._offsets[stream.name] == 0:  # a new sequence: the running sums of its gates start again
+                    for scope in [s for s, (_, _, name) in self._running.items() if name == stream.name]:
+                        del self._running[scope]
+            else:
+                self._stream_masks[stream.name] = kwargs.get(stream.mask_argument) if stream.mask_argument else None
         self._pass_probs.clear()
 
     def _reorder_running_sums(self, beam_idx: torch.LongTensor) -> None:
         """Beam search reordered the KV cache between steps; the running gate sums follow it."""
-        for scope, (running_sum, count) in self._decoder_state.items():
-            self._decoder_state[scope] = (running_sum.index_select(0, beam_idx.to(running_sum.device)), count)
+        for scope, (running_sum, count, stream) in self._running.items():
+            self._running[scope] = (running_sum.index_select(0, beam_idx.to(running_sum.device)), count, stream)
 
     # ------------------------------------------------------------------ the gate weights of one linear
 
@@ -114,7 +127,7 @@ class Router(nn.Module):
         expert_outputs: torch.Tensor | None = None,
         base_output: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, 1, N) for sequence-scope gates in the encoder/memory, (B, T, N) for decoder or token scope.
+        """(B, 1, N) for sequence-scope gates of a bidirectional stream, (B, T, N) for a causal stream or token scope.
 
         The logits come from `expert_outputs` (stacked reference), else from `rank_inputs` u = A x, else
         (implementation rank_space) from x with u recomputed in backward. `base_output` (B, T, d_out) = W x
@@ -145,12 +158,13 @@ class Router(nn.Module):
                     token_logits = gate.token_logits_rank_space(rank_inputs, layer.lora_B, layer.scaling, base_output)
         if gate.scope == "token":
             pooled = token_logits
-        elif layer.stream == "decoder":
-            previous = self._decoder_state.get(scope) if self._decoder_offset > 0 else None
-            if self._decoder_offset > 0 and (previous is None or previous[1] != self._decoder_offset):
-                raise RuntimeError(f"gate {scope!r}: cached decoding at offset {self._decoder_offset} without its running state")
-            pooled, running_sum = pool_causal(token_logits, previous[0] if previous else None, self._decoder_offset)
-            self._decoder_state[scope] = (running_sum.detach(), self._decoder_offset + token_logits.shape[1])
+        elif self.streams[layer.stream].causal:  # prefix mean, continued across cached steps
+            offset = self._offsets[layer.stream]
+            previous = self._running.get(scope) if offset > 0 else None
+            if offset > 0 and (previous is None or previous[1] != offset):
+                raise RuntimeError(f"gate {scope!r}: cached decoding at offset {offset} without its running state")
+            pooled, running_sum = pool_causal(token_logits, previous[0] if previous else None, offset)
+            self._running[scope] = (running_sum.detach(), offset + token_logits.shape[1], layer.stream)
         else:
             pooled = pool_bidirectional(token_logits, self._stream_masks[layer.stream])
         probs = gate.probabilities(pooled, self.expert_mask)

@@ -7,8 +7,8 @@ For each token x (the input of the first adapted linear of a router's scope):
 Gradients reach W_r through the kept soft weights (the selection itself is not differentiated), as in
 LoRA-Mixer's and Switch/Mixtral-style hard-soft routing.
 
-It reuses the MoLE `Router` for everything but the weights themselves: the pre-hooks on the encoder
-and decoder (valid-token masks, per-pass caching, cached decoding), expert masking and checkpoints.
+It reuses the MoLE `Router` for everything but the weights themselves: the pre-hooks on the family's stream
+modules (valid-token masks, per-pass caching, cached decoding), expert masking and checkpoints.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class TopKRouter(Router):
         self.top_k = top_k
 
     def _valid_mask(self, stream: str, soft: torch.Tensor) -> torch.Tensor | None:
-        mask = self._stream_masks.get(stream) if stream in ("encoder", "memory") else None
+        mask = self._stream_masks.get(stream)  # bidirectional streams only (the family's); causal: every position counts
         return mask if mask is not None and mask.shape == soft.shape[:-1] else None
 
     def gate_weights(self, layer: GatedLinear, hidden: torch.Tensor, rank_inputs=None, expert_outputs=None, base_output=None) -> torch.Tensor:
