@@ -2,8 +2,10 @@
 the package's core, comments and docstrings included, so that a second family (decoder-only) is one entry there.
 
 Allowed elsewhere (justified): mole_exp/tools/, which builds its own T5 bases on purpose (the benchmark's
-random-weight FLAN-T5 shapes, the mini reproduction's small T5), and mole_exp/base/models.py, which builds the
-tiny T5 with the real vocabulary for the tests (a T5 constructor, not a reading of module names)."""
+random-weight FLAN-T5 shapes, the mini reproduction's small T5); mole_exp/base/models.py, which builds the
+tiny T5 with the real vocabulary for the tests (a T5 constructor, not a reading of module names); and
+mole_exp/harness/, the lm-eval bridge, whose prose speaks of an encoder-decoder's encoder and decoder as lm-eval
+and transformers do (which side gets the prompt, `decoder_start_token_id`), never of module names."""
 
 from __future__ import annotations
 
@@ -13,9 +15,9 @@ from tests.conftest import ROOT
 
 PACKAGE = ROOT / "mole_exp"
 FAMILY_MODULE = PACKAGE / "base" / "family.py"
-ALLOWED = [PACKAGE / "tools", PACKAGE / "base" / "models.py"]
+ALLOWED = [PACKAGE / "tools", PACKAGE / "base" / "models.py", PACKAGE / "harness"]
 T5_NAMES = re.compile(
-    r"\b(encoder|decoder)\b"  # T5's stacks (and its streams)
+    r"(?<![-\w])(encoder|decoder)(?![-\w])"  # T5's stacks (and its streams); not "encoder-decoder", "decoder-only"
     r"|EncDecAttention|SelfAttention|DenseReluDense"  # its sub-layers
     r"|\bblock\.\d|\.block\b|[\"']block\.|\blayer\.\d|[\"']layer\."  # block / sub-layer module paths
     r"|[\"'](q|k|v|o|wi|wo|wi_0|wi_1)[\"']|\.(q|k|v|o|wi|wo|wi_0|wi_1)\b(?!\()"  # projection names
@@ -30,6 +32,7 @@ def test_the_pattern_finds_t5_names():
     assert t5_names('x = model.encoder\nname = "decoder.block.0.layer.1.EncDecAttention.k"\ntargets = ("q", "v")\n')
     assert len(t5_names('a = "SelfAttention"\nb = layer.wo\nc = f"{stack}.block.{i}"\n')) == 3
     assert not t5_names("granularity = 'block'  # a gate per block\nself.stream_masks = {}\nx.float()\n")
+    assert not t5_names("# encoder-decoders and decoder-only models\n")  # kinds of architecture, not module names
 
 
 def test_no_t5_module_name_outside_the_family_module():
