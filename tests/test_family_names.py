@@ -71,7 +71,7 @@ def test_the_router_takes_its_streams_from_the_family(tiny_bank):
     labels = base.tokenizer(["x y z", "x y z"], return_tensors="pt").input_ids
     with torch.no_grad(), router.collect():
         base.model(**batch, labels=labels)
-        weights = {r[0]: r[1] for r in router.pop_records()}
+        weights = {record.scope: record.probs for record in router.pop_records()}
     for scope, probs in weights.items():  # network granularity: one gate per stream, named after it
         stream = T5_FAMILY.stream(scope.removeprefix("network."))
         assert probs.shape[1] == (labels.shape[1] if stream.causal else 1), scope

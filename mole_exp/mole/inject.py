@@ -17,7 +17,7 @@ import torch
 from mole_exp.base.family import GRANULARITIES
 from mole_exp.base.models import BaseModel
 from mole_exp.experts.bank import ExpertBank
-from mole_exp.mole.gates import DEFAULT_READING, Gate, check_reading
+from mole_exp.mole.gates import DEFAULT_READING, IMPLEMENTATIONS, Gate, check_reading
 from mole_exp.mole.layers import MoLELinear
 from mole_exp.mole.routing import Router
 
@@ -34,6 +34,8 @@ def inject_mole(
     `expert_dtype`: the dtype the frozen experts are held in (None: the model's). bfloat16 halves their
     memory (N=128 on FLAN-T5-large, q/v: 2.4 GB in float32) and loses nothing under bf16 autocast, whose
     matmuls round them to bf16 anyway."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"composer.implementation={implementation!r} is not one of {list(IMPLEMENTATIONS)}")
     granularity = gate_cfg.get("granularity", "layer")
     if granularity not in GRANULARITIES:
         raise ValueError(f"gate.granularity={granularity!r} is not one of {list(GRANULARITIES)}")
@@ -62,8 +64,8 @@ def inject_mole(
             **gate_reading(gate_cfg),
         )
         gate_inputs[scope] = name
-    router = Router(gates, gate_inputs, num_experts=len(bank), implementation=implementation)
-    return attach_router(base, bank, module_names, granularity, router, "mole_gate", expert_dtype)
+    router = Router(gates, gate_inputs, num_experts=len(bank))
+    return attach_router(base, bank, module_names, granularity, router, "mole_gate", expert_dtype, implementation)
 
 
 def gate_reading(gate_cfg: dict[str, Any]) -> dict[str, str]:
@@ -82,6 +84,7 @@ def attach_router(
     router: Router,
     attribute: str,
     expert_dtype: torch.dtype | None = None,
+    implementation: str = "rank_space",
 ) -> Router:
     """Wrap each named linear in a MoLELinear (its experts, its gate scope, its token stream) and attach
     `router` as `model.<attribute>`, the prefix of every trainable parameter."""
@@ -91,7 +94,9 @@ def attach_router(
         parent_name, _, leaf = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         stream = family.position(name).stream
-        layers.append(MoLELinear(getattr(parent, leaf), bank.targets[name], name, family.scope(name, granularity), stream, expert_dtype))
+        layers.append(
+            MoLELinear(getattr(parent, leaf), bank.targets[name], name, family.scope(name, granularity), stream, expert_dtype, implementation)
+        )
         setattr(parent, leaf, layers[-1])
     router = router.to(next(model.parameters()).device)
     model.add_module(attribute, router)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from functools import partial
-from typing import Protocol
 
 import torch
 import torch.nn as nn
@@ -24,18 +23,8 @@ import torch.nn as nn
 from mole_exp.base.family import Stream
 from mole_exp.mole import rank_space
 from mole_exp.mole.beam_search import follow_beam_reorder
-from mole_exp.mole.gates import IMPLEMENTATIONS, Gate, balance_loss, entropy, pool_bidirectional, pool_causal
-
-
-class GatedLinear(Protocol):
-    """What the router reads of an adapted linear (a MoLELinear, mole/layers.py, which calls the router)."""
-
-    module_name: str  # its name in the model
-    gate_key: str  # the scope of its gate
-    stream: str  # the name of the token stream it reads (ModelFamily.streams)
-    lora_A: torch.Tensor  # (N, r, d_in)
-    lora_B: torch.Tensor  # (N, d_out, r)
-    scaling: torch.Tensor  # (N,)
+from mole_exp.mole.gates import Gate, balance_loss, entropy, pool_bidirectional, pool_causal
+from mole_exp.mole.interface import GatedLinear, GateInputs, GateRecord, GateWeights
 
 
 def module_key(scope: str) -> str:
@@ -44,15 +33,12 @@ def module_key(scope: str) -> str:
 
 
 class Router(nn.Module):
-    def __init__(self, gates: dict[str, Gate], gate_inputs: dict[str, str], num_experts: int, implementation: str = "rank_space"):
+    def __init__(self, gates: dict[str, Gate], gate_inputs: dict[str, str], num_experts: int):
         super().__init__()
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"composer.implementation={implementation!r} is not one of {list(IMPLEMENTATIONS)}")
         self.scopes = list(gates)  # ordered as the model runs them
         self.gates = nn.ModuleDict({module_key(s): g for s, g in gates.items()})
         self.gate_inputs = dict(gate_inputs)  # scope -> the module that computes it
         self.num_experts = num_experts
-        self.implementation = implementation
         self.register_buffer("expert_mask", None, persistent=False)
         self.collecting = False
         self.streams: dict[str, Stream] = {}  # name -> the family's stream, set by `attach`
@@ -60,8 +46,7 @@ class Router(nn.Module):
         self._offsets: dict[str, int] = {}  # causal stream -> tokens already in its KV cache
         self._running: dict[str, tuple[torch.Tensor, int, str]] = {}  # causal scope -> (logit sum (B, N), count, stream)
         self._pass_probs: dict[str, torch.Tensor] = {}
-        self._gate_rank_inputs: tuple[GatedLinear, torch.Tensor] | None = None  # (linear, u = A x) from its gate, for its mix
-        self.records: list[tuple[str, torch.Tensor]] = []
+        self.records: list[GateRecord] = []
         self._hooks: list = []
 
     def gate(self, scope: str) -> Gate:
@@ -94,7 +79,6 @@ class Router(nn.Module):
 
     def _reset_state(self) -> None:
         self._pass_probs.clear()
-        self._gate_rank_inputs = None
         self._stream_masks = {name: None for name, stream in self.streams.items() if not stream.causal}
         self._offsets = {name: 0 for name, stream in self.streams.items() if stream.causal}
         self._running.clear()
@@ -119,34 +103,28 @@ class Router(nn.Module):
 
     # ------------------------------------------------------------------ the gate weights of one linear
 
-    def gate_weights(
-        self,
-        layer: GatedLinear,
-        hidden: torch.Tensor,
-        rank_inputs: torch.Tensor | None = None,
-        expert_outputs: torch.Tensor | None = None,
-        base_output: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def gate_weights(self, layer: GatedLinear, inputs: GateInputs) -> GateWeights:
         """(B, 1, N) for sequence-scope gates of a bidirectional stream, (B, T, N) for a causal stream or token scope.
 
-        The logits come from `expert_outputs` (stacked reference), else from `rank_inputs` u = A x, else
-        (implementation rank_space) from x with u recomputed in backward. `base_output` (B, T, d_out) = W x
-        is read only by gates with expert_output=full (Eq. 8)."""
+        The logits come from `inputs.expert_outputs` (stacked reference), else from `inputs.rank_inputs` u = A x,
+        else (implementation rank_space) from x with u recomputed in backward, and that u is handed back for the
+        layer's mix. `inputs.base_output` (B, T, d_out) = W x is read only by gates with expert_output=full (Eq. 8)."""
         scope = layer.gate_key
         probs = self._pass_probs.get(scope)
         if probs is not None:
-            return probs
+            return GateWeights(probs)
         if self.gate_inputs[scope] != layer.module_name:
             raise RuntimeError(
                 f"gate {scope!r} is computed at {self.gate_inputs[scope]!r}, but {layer.module_name!r} ran first"
             )
         gate = self.gate(scope)
-        base_output = base_output if gate.reads_base_output else None
+        hidden, rank_inputs, expert_outputs = inputs.hidden, inputs.rank_inputs, inputs.expert_outputs
+        base_output = inputs.base_output if gate.reads_base_output else None
+        computed = None  # u = A x, when computed here for the layer's mix
         if gate.input_form != "hidden" and expert_outputs is None and rank_inputs is None:
-            token_logits, rank_inputs = rank_space.token_logits(
+            token_logits, computed = rank_space.token_logits(
                 gate, hidden, layer.lora_A, layer.lora_B, layer.scaling, base_output=base_output
             )
-            self._gate_rank_inputs = (layer, rank_inputs)
         else:
             # gate statistics (means, variances) in float32 even under bf16 autocast: they cancel badly in bf16
             with torch.autocast(device_type=hidden.device.type, enabled=False):
@@ -170,14 +148,8 @@ class Router(nn.Module):
         probs = gate.probabilities(pooled, self.expert_mask)
         self._pass_probs[scope] = probs
         if self.training or self.collecting:
-            self.records.append((scope, probs if self.training else probs.detach()))
-        return probs
-
-    def take_rank_inputs(self, layer: GatedLinear) -> torch.Tensor | None:
-        """u = A x (detached) if `layer`'s gate_weights call just computed it from x, so its mix need not
-        compute it again; None otherwise. Handed over once and dropped here (no memory kept)."""
-        held, self._gate_rank_inputs = self._gate_rank_inputs, None
-        return held[1] if held is not None and held[0] is layer else None
+            self.records.append(GateRecord(scope, probs if self.training else probs.detach()))
+        return GateWeights(probs, computed)
 
     # ------------------------------------------------------------------ masking, statistics, loss
 
@@ -195,31 +167,31 @@ class Router(nn.Module):
     def _device(self) -> torch.device:
         return next(self.parameters(), torch.zeros(())).device
 
-    def pop_records(self) -> list[tuple[str, torch.Tensor]]:
+    def pop_records(self) -> list[GateRecord]:
         records, self.records = self.records, []
         return records
 
     @staticmethod
-    def mean_probabilities(records: list[tuple[str, torch.Tensor]]) -> torch.Tensor:
+    def mean_probabilities(records: list[GateRecord]) -> torch.Tensor:
         """q of Eq. 15: each expert's probability averaged over gating functions, examples and positions."""
-        per_gate = [probs.float().reshape(-1, probs.shape[-1]).mean(dim=0) for _, probs in records]
+        per_gate = [record.probs.float().reshape(-1, record.probs.shape[-1]).mean(dim=0) for record in records]
         return torch.stack(per_gate).mean(dim=0)  # (N,)
 
-    def balance_loss(self, records: list[tuple[str, torch.Tensor]]) -> torch.Tensor:
+    def balance_loss(self, records: list[GateRecord]) -> torch.Tensor:
         return balance_loss(self.mean_probabilities(records))
 
     @staticmethod
-    def statistics(records: list[tuple[str, torch.Tensor]]) -> dict[str, dict[str, object]]:
+    def statistics(records: list[GateRecord]) -> dict[str, dict[str, object]]:
         """Per gate: mean weight per expert and mean entropy of its weight vectors (detached).
 
         Computed on the device and copied to the host once (one sync per call, not one per gate)."""
         if not records:
             return {}
-        flats = [probs.detach().float().reshape(-1, probs.shape[-1]) for _, probs in records]
+        flats = [record.probs.detach().float().reshape(-1, record.probs.shape[-1]) for record in records]
         means = torch.stack([flat.mean(dim=0) for flat in flats])  # (G, N)
         entropies = torch.stack([entropy(flat).mean() for flat in flats])  # (G,)
         table = torch.cat([means, entropies[:, None]], dim=1).cpu().tolist()  # the one host copy
-        return {scope: {"weights": row[:-1], "entropy": row[-1]} for (scope, _), row in zip(records, table, strict=True)}
+        return {scope: {"weights": row[:-1], "entropy": row[-1]} for record, row in zip(records, table, strict=True) for scope in [record.scope]}
 
     @contextmanager
     def collect(self):
