@@ -63,41 +63,7 @@ def test_combined_metrics_average_seeds_then_every_metric_of_every_dataset():
     assert combine_unit_results("s", suite, {"suite": whole}) is whole
 
 
-# ---------------------------------------------------------------- release: the base as it was before compose
-
-
-def module_tree(model):
-    return [(name, type(module).__name__) for name, module in model.named_modules()]
-
-
-@pytest.mark.parametrize("name", ["mole", "mixer", "lorahub", "pems", "nla", "fresh_lora"])
-def test_release_leaves_the_base_as_it_was(tiny_base, tiny_bank, name):
-    from mole_exp.composers import COMPOSERS
-
-    options = {"mole": {"gate": {"granularity": "block", "init_std": 0.5}}, "mixer": {}, "lorahub": {}, "pems": {"weights": [0.1, 0.2, 0.3, 0.4]},
-               "nla": {}, "fresh_lora": {}}[name]
-    model = tiny_base.model
-    before, tree = {k: v.clone() for k, v in model.state_dict().items()}, module_tree(model)
-    batch = tiny_base.tokenizer(["premise: a cat. hypothesis: an animal."], return_tensors="pt")
-    batch["labels"] = tiny_base.tokenizer(["yes"], return_tensors="pt").input_ids
-    base_logits = model(**batch).logits
-    composer = COMPOSERS[name](**options)
-    trainable = composer.compose(tiny_base, tiny_bank)
-    if name == "fresh_lora":  # PEFT starts B at zero: move it, as training would
-        with torch.no_grad():
-            for parameter in trainable:
-                parameter.add_(0.1)
-    if name == "lorahub":
-        composer.merge_weights([1.0, -0.5, 0.5, 1.5], "factors")
-    assert not torch.equal(model(**batch).logits, base_logits)  # composed: the experts act
-    composer.release()
-    assert module_tree(model) == tree and not hasattr(model, "mole_gate") and not hasattr(model, "mixer_router")
-    assert not model.encoder._forward_pre_hooks and not model.decoder._forward_pre_hooks
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items()) and model.state_dict().keys() == before.keys()
-    assert torch.equal(model(**batch).logits, base_logits)
-    again = COMPOSERS[name](**options)  # a fresh composer composes on the released base
-    again.compose(tiny_base, tiny_bank)
-    again.release()
+# release: the base as it was before compose is tests/test_inject.py's
 
 
 # ---------------------------------------------------------------- MoLE fitted per dataset, through the pipeline

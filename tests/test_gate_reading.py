@@ -115,9 +115,11 @@ def run_model(base, router, cfg, implementation: str, monkeypatch=None):
         monkeypatch.undo()
         probabilities = list(obvious.gates.values())
     else:
-        router.implementation = implementation  # read by every MoLELinear at each forward
+        for layer in base.model.modules():  # each MoLELinear mixes as its implementation says
+            if isinstance(layer, MoLELinear):
+                layer.implementation = implementation
         out = base.model(**inputs)
-        probabilities = [probs for _, probs in router.pop_records()]
+        probabilities = [record.probs for record in router.pop_records()]
     (out.loss + balance_loss(probabilities)).backward()
     grads = torch.cat([p.grad.flatten() for p in router.parameters() if p.grad is not None])
     return out.logits.detach(), grads
@@ -159,7 +161,7 @@ def test_the_readings_differ_and_only_the_full_reading_sees_the_base_output(floa
         base.model.eval()
         with torch.no_grad(), router.collect():
             base.model.get_encoder()(**batch(base.tokenizer, targets=False))
-            return dict(router.pop_records())["encoder.block.0.layer.0"]
+            return {record.scope: record.probs for record in router.pop_records()}["encoder.block.0.layer.0"]
 
     weights = {name: encoder_gate_weights(gate_cfg(**reading), 1.0) for name, reading in READINGS.items()}
     for first, second in itertools.combinations(weights, 2):

@@ -2,8 +2,33 @@
 
 Everything that knows how a model family names its modules lives here: which stacks it has, how a
 module name splits into (stack, block, sub-layer, projection), and therefore which gate *scope* a
-linear belongs to at each granularity; whether the model is an encoder-decoder (T5) or a causal LM
-(Llama, Qwen2, Mistral, Phi-3: one stack, one causal token stream).
+linear belongs to at each granularity, and which token *streams* its adapted linears read. Nothing outside
+this module names a family's modules (tests/test_family_names.py greps the package). The causal LMs (Llama, Qwen2,
+Mistral, Phi-3: one stack, one causal token stream) are one `ModelFamily`, CAUSAL_FAMILY.
+
+The interface the mechanism (mole_exp/mole/) reads of a family:
+
+    family.position(module_name) -> ModulePosition     where a linear sits; its `.stream`, the name of the
+                                                        token sequence it reads
+    family.scope(module_name, granularity) -> str      the gate it belongs to (a scope never mixes streams)
+    family.streams -> tuple[Stream, ...]               every stream, each saying
+        name           what `ModulePosition.stream` calls it
+        module         the submodule (a name for `model.get_submodule`) whose forward carries the stream's
+                       inputs: the router puts a forward pre-hook on it, which starts a new pass of the gates
+        mask_argument  the keyword of that forward holding the stream's (B, T) valid-token mask, or None:
+                       a bidirectional stream's sequence-scope gates average over its valid tokens
+        causal         the stream is read left to right and may be decoded step by step with a KV cache
+                       (found in the forward's `past_key_values` / `cache` keyword): its sequence-scope gates
+                       average over the prefix (position t: tokens <= t), continuing a running sum across
+                       cached steps, so teacher forcing and cached generation give identical weights; beam
+                       search's reordering of the cache is followed (mole_exp/mole/beam_search.py)
+
+T5 (an encoder-decoder) has three streams: the encoder's input (bidirectional, its attention mask), the
+decoder's prefix (causal), and the cross-attention memory, the decoder's cross-attention keys/values, which
+read the encoder's output (bidirectional, the decoder forward's encoder attention mask). A decoder-only family
+is one entry with a single causal stream on its decoder module: CAUSAL_FAMILY's
+`Stream(name="decoder", module="model", mask_argument=None, causal=True)`. A causal stream with a valid-token
+mask (left padding) is not supported yet: the mechanism refuses it (`Stream.__post_init__`).
 """
 
 from __future__ import annotations
@@ -14,6 +39,23 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 GRANULARITIES = ("matrix", "layer", "block", "network")
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One token sequence that adapted linears read (see the module docstring)."""
+
+    name: str
+    module: str
+    mask_argument: str | None
+    causal: bool
+
+    def __post_init__(self):
+        if self.causal and self.mask_argument is not None:
+            raise ValueError(
+                f"stream {self.name!r}: a causal stream with a valid-token mask ({self.mask_argument!r}) is not supported; "
+                f"its gates average over the whole prefix (mask_argument=None)"
+            )
 
 
 @dataclass(frozen=True)
@@ -55,6 +97,7 @@ class ModelFamily:
     # short target names users write in configs -> the leaf names the family uses
     attention_projections: tuple[str, ...]
     all_linear_projections: tuple[str, ...]
+    streams: tuple[Stream, ...]  # the token sequences its adapted linears read (module docstring)
     kind: str = "seq2seq"  # "seq2seq" (encoder-decoder) | "causal" (decoder-only)
     blocks_attribute: str = "block"  # the ModuleList of blocks inside a stack module
     sublayer_index: tuple[tuple[str, int], ...] = ()  # where module names carry no sub-layer index: name -> index
@@ -107,6 +150,12 @@ class ModelFamily:
         paths = dict(self.stack_paths)
         return {stack: model.get_submodule(paths.get(stack, stack)) for stack in self.stacks}
 
+    def stream(self, name: str) -> Stream:
+        for stream in self.streams:
+            if stream.name == name:
+                return stream
+        raise ValueError(f"stream {name!r} is not one of the {self.name} family's streams {[s.name for s in self.streams]}")
+
     def num_blocks(self, model: nn.Module, stack: str) -> int:
         return len(getattr(self.stack_modules(model)[stack], self.blocks_attribute))
 
@@ -137,6 +186,11 @@ T5_FAMILY = ModelFamily(
     ),
     attention_projections=("q", "k", "v", "o"),
     all_linear_projections=("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo"),
+    streams=(
+        Stream(name="encoder", module="encoder", mask_argument="attention_mask", causal=False),
+        Stream(name="decoder", module="decoder", mask_argument=None, causal=True),
+        Stream(name="memory", module="decoder", mask_argument="encoder_attention_mask", causal=False),
+    ),
 )
 
 # Decoder-only causal LMs from transformers (LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM,
@@ -152,6 +206,9 @@ CAUSAL_FAMILY = ModelFamily(
     ),
     attention_projections=("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj"),
     all_linear_projections=("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "gate_proj", "up_proj", "down_proj", "gate_up_proj"),
+    # one causal stream on the decoder stack (ModulePosition.stream is "decoder", as T5's decoder prefix);
+    # the mole and mixer composers refuse causal bases until left-padded prefix pooling is supported
+    streams=(Stream(name="decoder", module="model", mask_argument=None, causal=True),),
     kind="causal",
     blocks_attribute="layers",
     sublayer_index=(("self_attn", 0), ("mlp", 1)),

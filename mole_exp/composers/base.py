@@ -37,12 +37,13 @@ CAUSAL_READY = ("nla", "lorahub", "pems", "single", "base", "fresh_lora")  # com
 
 
 def refuse_causal(name: str, base: Any) -> None:
-    """Gate and token routers follow T5's encoder and decoder stacks until they take their streams from the family
-    description: on a decoder-only base they stop here, before any gate is built, naming what runs there."""
+    """Gate and token routers pool a causal stream over its prefix but do not yet skip a left-padded batch's pad
+    tokens (family.Stream refuses a causal stream with a mask): on a decoder-only base they stop here, before any
+    gate is built, naming what runs there."""
     if base.family.causal:
         raise ValueError(
             f"composer={name} does not run on decoder-only models yet (base {base.model_id}, family {base.family.name}): its "
-            f"router follows T5's encoder and decoder stacks; on causal models use one of {list(CAUSAL_READY)}"
+            f"gates' prefix pooling does not yet skip left padding; on causal models use one of {list(CAUSAL_READY)}"
         )
 
 

@@ -106,7 +106,8 @@ class FreshLoRAComposer(Composer):
         return self.parameters_module
 
     def release(self) -> None:
-        """Undo `compose`: every LoRA-wrapped linear back to its own (never merged) base layer."""
+        """Undo `compose`: every LoRA-wrapped linear back to its own (never merged) base layer, and the
+        adapter config PEFT's injection records on the model (`peft_config`) dropped."""
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         if self.base is None:
@@ -116,6 +117,8 @@ class FreshLoRAComposer(Composer):
             if isinstance(module, BaseTunerLayer):
                 parent_name, _, leaf = name.rpartition(".")
                 setattr(model.get_submodule(parent_name), leaf, module.get_base_layer())
+        for attribute in ("peft_config", "_hf_peft_config_loaded"):  # set by inject_adapter_in_model
+            model.__dict__.pop(attribute, None)
         self.parameters_module = None
 
     def export(self, path: str) -> str:

@@ -37,7 +37,7 @@ from mole_exp.base.models import BaseModel
 from mole_exp.composers.base import Composer, refuse_causal, register_composer
 from mole_exp.experts.bank import ExpertBank
 from mole_exp.mole.gates import Gate
-from mole_exp.mole.inject import attach_router, detach_router
+from mole_exp.mole.inject import attach_router, remove
 from mole_exp.mole.token_router import TopKRouter, balance_loss, specialization_loss
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,8 @@ class MixerComposer(Composer):
 
     def release(self) -> None:
         if self.router is not None:
-            detach_router(self.base, ROUTER_ATTRIBUTE)
+            remove(self.base, self.router)
+            self.router = None
 
     def auxiliary_losses(self) -> dict[str, tuple[float, torch.Tensor]]:
         if not self.router.records:

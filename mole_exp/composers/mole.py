@@ -16,7 +16,7 @@ from mole_exp.base.models import DTYPES, BaseModel
 from mole_exp.composers.base import Composer, refuse_causal, register_composer
 from mole_exp.experts.bank import ExpertBank
 from mole_exp.mole.gates import IMPLEMENTATIONS
-from mole_exp.mole.inject import detach_router, gate_reading, inject_mole
+from mole_exp.mole.inject import gate_reading, inject_mole, remove
 from mole_exp.mole.routing import Router
 
 
@@ -61,7 +61,8 @@ class MoLEComposer(Composer):
 
     def release(self) -> None:
         if self.router is not None:
-            detach_router(self.base, "mole_gate")
+            remove(self.base, self.router)
+            self.router = None
 
     def auxiliary_losses(self) -> dict[str, tuple[float, torch.Tensor]]:
         records = self.router.records

@@ -36,7 +36,7 @@ def postprocess(texts: list[str]) -> list[str]:
 def generate(model, tokenizer, sources: list[str], max_new_tokens: int, settings: GenerationSettings, desc: str = "") -> list[str]:
     model.eval()
     device = next(model.parameters()).device
-    form = text_format(tokenizer)  # T5: encoder input; causal LM: left-padded prompts, only the completion decoded
+    form = text_format(tokenizer)  # seq2seq: the source as model input; causal LM: left-padded prompts, only the completion decoded
     # longest first, so batches pad little; the original order is restored at the end
     order = sorted(range(len(sources)), key=lambda i: -len(sources[i]))
     predictions: list[str] = [""] * len(sources)

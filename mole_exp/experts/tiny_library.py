@@ -25,13 +25,15 @@ def tiny_expert_name(index: int) -> str:
 def ensure_tiny_library(
     base: BaseModel,
     library_dir: str,
+    *,
+    targets: list[str] | tuple[str, ...],
     num_adapters: int = 8,
     rank: int = 4,
     alpha: int = 8,
-    targets: list[str] | tuple[str, ...] = ("q", "v"),
     seed: int = 0,
 ) -> Path:
-    """A library of seeded random PEFT LoRA adapters for a tiny base, generated on first use and cached."""
+    """A library of seeded random PEFT LoRA adapters for a tiny base, generated on first use and cached.
+    `targets`: the adapted linears' short names, as the experts config writes them (conf/experts/tiny.yaml)."""
     from peft import LoraConfig, get_peft_model
 
     spec = {"base_model_id": base.model_id, "n": num_adapters, "r": rank, "alpha": alpha, "targets": list(targets), "seed": seed}

@@ -6,10 +6,10 @@
 
 It is lm-eval's own HFLM around the composed model (`base.model`, the model our evaluator runs): lm-eval
 batches, tokenises, scores `loglikelihood` / `loglikelihood_rolling` and runs `generate_until`. The MoLE
-gates therefore see what they see in our evaluator: the router's pre-hooks on the encoder and decoder
-stacks read the attention mask of every forward (`mole_exp/mole/routing.py`), so sequence-scope gates pool over
-the prompt's valid tokens whatever the batch's padding (lm-eval pads prompts on the left for generation,
-on the right for scoring), the decoder's gates pool causally over its prefix, and the run's expert mask is
+gates therefore see what they see in our evaluator: the router's pre-hooks on the family's stream modules
+read the attention mask of every forward (`mole_exp/mole/routing.py`, `ModelFamily.streams`), so sequence-scope
+gates pool over the prompt's valid tokens whatever the batch's padding (lm-eval pads prompts on the left for
+generation, on the right for scoring), a causal stream's gates pool over its prefix, and the run's expert mask is
 applied (`composer.prepare_inference`). Prompts are cut (from the left, lm-eval's way) at the run's input length,
 `data.max_source_length`, unless `max_length=` is given.
 

@@ -11,7 +11,7 @@ Eq. 10 taken literally fixes the sequence length L. Our nearest faithful choice:
      (scope `sequence`: one weight vector per example, as in the paper) or keep them per token
      (scope `token`).
 Because the projection is linear, (3) equals projecting the pooled normalised outputs.
-In the decoder the average runs over the prefix (causal, position t sees tokens <= t), so teacher-forced
+In a causal stream (ModelFamily.streams) the average runs over the prefix (position t sees tokens <= t), so teacher-forced
 training and step-by-step generation with a KV cache give identical weights.
 
 Other input forms: `per_expert` (e_i in R^d per expert, logit_i = <norm E_i, e_i>: N*d parameters

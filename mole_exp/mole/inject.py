@@ -3,7 +3,9 @@
 `inject_mole` wraps every adapted linear of the base in a MoLELinear (its stacked experts, its gate scope, its
 token stream) and attaches a Router holding one Gate per scope of the granularity (`ModelFamily.scope`) as
 `model.mole_gate`; `attach_router` does the wrapping for any router (the mixer's token router too) and
-`detach_router` undoes it: every base linear back in place, the router's hooks and attribute removed.
+registers the router's hooks. `remove` is their inverse: every base linear back in place, the router's hooks
+removed, its attribute deleted and its per-forward state dropped, so that the model equals the base bit for bit
+(state dict, module tree, hooks, outputs; tests/test_inject.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 from mole_exp.base.family import GRANULARITIES
 from mole_exp.base.models import BaseModel
 from mole_exp.experts.bank import ExpertBank
-from mole_exp.mole.gates import DEFAULT_READING, Gate, check_reading
+from mole_exp.mole.gates import DEFAULT_READING, IMPLEMENTATIONS, Gate, check_reading
 from mole_exp.mole.layers import MoLELinear
 from mole_exp.mole.routing import Router
 
@@ -32,6 +34,8 @@ def inject_mole(
     `expert_dtype`: the dtype the frozen experts are held in (None: the model's). bfloat16 halves their
     memory (N=128 on FLAN-T5-large, q/v: 2.4 GB in float32) and loses nothing under bf16 autocast, whose
     matmuls round them to bf16 anyway."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"composer.implementation={implementation!r} is not one of {list(IMPLEMENTATIONS)}")
     granularity = gate_cfg.get("granularity", "layer")
     if granularity not in GRANULARITIES:
         raise ValueError(f"gate.granularity={granularity!r} is not one of {list(GRANULARITIES)}")
@@ -60,8 +64,8 @@ def inject_mole(
             **gate_reading(gate_cfg),
         )
         gate_inputs[scope] = name
-    router = Router(gates, gate_inputs, num_experts=len(bank), implementation=implementation)
-    return attach_router(base, bank, module_names, granularity, router, "mole_gate", expert_dtype)
+    router = Router(gates, gate_inputs, num_experts=len(bank))
+    return attach_router(base, bank, module_names, granularity, router, "mole_gate", expert_dtype, implementation)
 
 
 def gate_reading(gate_cfg: dict[str, Any]) -> dict[str, str]:
@@ -80,6 +84,7 @@ def attach_router(
     router: Router,
     attribute: str,
     expert_dtype: torch.dtype | None = None,
+    implementation: str = "rank_space",
 ) -> Router:
     """Wrap each named linear in a MoLELinear (its experts, its gate scope, its token stream) and attach
     `router` as `model.<attribute>`, the prefix of every trainable parameter."""
@@ -89,23 +94,28 @@ def attach_router(
         parent_name, _, leaf = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         stream = family.position(name).stream
-        layers.append(MoLELinear(getattr(parent, leaf), bank.targets[name], name, family.scope(name, granularity), stream, expert_dtype))
+        layers.append(
+            MoLELinear(getattr(parent, leaf), bank.targets[name], name, family.scope(name, granularity), stream, expert_dtype, implementation)
+        )
         setattr(parent, leaf, layers[-1])
     router = router.to(next(model.parameters()).device)
     model.add_module(attribute, router)
     for layer in layers:
         layer.bind(router)
-    router.attach(family.stack_modules(model))
+    router.attach(model, family.streams)
     return router
 
 
-def detach_router(base: BaseModel, attribute: str) -> None:
-    """Undo `attach_router`: every MoLELinear back to its base linear, the router's hooks and attribute removed."""
+def remove(base: BaseModel, router: Router) -> None:
+    """The inverse of `inject_mole` / `attach_router`: every MoLELinear bound to `router` back to its base
+    linear, the router's hooks removed, its attribute deleted, its per-forward state and records dropped."""
     model = base.model
-    router = getattr(model, attribute)
+    attribute = next((name for name, child in model.named_children() if child is router), None)
+    if attribute is None:
+        raise ValueError(f"{type(router).__name__} is not attached to this model (removed already, or injected into another)")
     router.detach()
     for name, layer in list(model.named_modules()):
-        if isinstance(layer, MoLELinear):
+        if isinstance(layer, MoLELinear) and layer.router is router:
             parent_name, _, leaf = name.rpartition(".")
             setattr(model.get_submodule(parent_name), leaf, layer.base_layer)
     delattr(model, attribute)

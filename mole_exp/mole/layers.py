@@ -11,16 +11,13 @@ are stacked tensors and applied with batched contractions, never a Python loop o
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn as nn
 
 from mole_exp.experts.bank import TargetExperts
 from mole_exp.mole import rank_space
-
-if TYPE_CHECKING:
-    from mole_exp.mole.routing import Router
+from mole_exp.mole.gates import IMPLEMENTATIONS
+from mole_exp.mole.interface import GateInputs, WeightSource
 
 
 class MoLELinear(nn.Module):
@@ -32,8 +29,12 @@ class MoLELinear(nn.Module):
         gate_key: str,
         stream: str,
         expert_dtype: torch.dtype | None = None,
+        implementation: str = "rank_space",
     ):
         super().__init__()
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"composer.implementation={implementation!r} is not one of {list(IMPLEMENTATIONS)}")
+        self.implementation = implementation  # how this layer mixes (the same math, see mole/gates.py)
         self.base_layer = base_layer
         device, dtype = base_layer.weight.device, expert_dtype or base_layer.weight.dtype
         # frozen experts: buffers, not parameters, and not saved in checkpoints (they come from the library)
@@ -41,7 +42,7 @@ class MoLELinear(nn.Module):
         self.register_buffer("lora_B", experts.lora_B.to(device, dtype), persistent=False)  # (N, d_out, r)
         self.register_buffer("scaling", experts.scaling.to(device, dtype), persistent=False)  # (N,)
         self.module_name, self.gate_key, self.stream = module_name, gate_key, stream
-        self._router: list[Router] = []  # held in a list so the router is not registered as a child
+        self._router: list[WeightSource] = []  # held in a list so the router is not registered as a child
 
     @property
     def num_experts(self) -> int:
@@ -59,29 +60,44 @@ class MoLELinear(nn.Module):
     def weight(self) -> torch.Tensor:  # some HF code reads `.weight.dtype` of projections
         return self.base_layer.weight
 
-    def bind(self, router: Router) -> None:
+    def bind(self, router: WeightSource) -> None:
         self._router = [router]
+
+    @property
+    def router(self) -> WeightSource | None:
+        return self._router[0] if self._router else None
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # hidden: (B, T, d_in)
         base_output = self.base_layer(hidden)  # (B, T, d_out)
-        router = self._router[0]
-        dtype = rank_space.compute_dtype(hidden)  # experts may be held in another dtype (composer.expert_dtype)
-        if router.implementation == "stacked":
-            rank_inputs = rank_space.rank_inputs(hidden, self.lora_A.to(dtype))  # (B, T, N, r): u_i = A_i x
-            expert_outputs = torch.einsum("btnr,nor->btno", rank_inputs, self.lora_B.to(dtype)) * self.scaling[:, None]  # (B, T, N, d_out)
-            gate_probs = router.gate_weights(self, hidden, rank_inputs, expert_outputs, base_output=base_output)  # (B, T or 1, N)
-            mixed = torch.einsum("btno,btn->bto", expert_outputs, gate_probs.to(expert_outputs.dtype))  # Eq. 12
-        elif router.implementation == "rank_space_saved":
-            rank_inputs = rank_space.rank_inputs(hidden, self.lora_A.to(dtype))  # (B, T, N, r), kept for backward
-            gate_probs = router.gate_weights(self, hidden, rank_inputs, None, base_output=base_output)  # (B, T or 1, N)
-            # B_cat diag(g * s (x) 1_r) A_cat x: one rank-N*r LoRA with per-example weights in r-space
-            weighted = rank_inputs * (gate_probs.to(rank_inputs.dtype) * self.scaling)[..., None]  # (B, T, N, r)
-            mixed = torch.einsum("btnr,nor->bto", weighted, self.lora_B.to(dtype))
-        else:  # rank_space: the same contraction; backward recomputes u from x (mole_exp/mole/rank_space.py)
-            gate_probs = router.gate_weights(self, hidden, None, None, base_output=base_output)  # (B, T or 1, N)
-            known = router.take_rank_inputs(self)  # u, when this linear's gate computed it just now
-            mixed = rank_space.mix(hidden, self.lora_A, self.lora_B, gate_probs * self.scaling, known)  # Eq. 12
+        mixed = MIXES[self.implementation](self, hidden, base_output)  # (B, T, d_out): sum_i g_i s_i B_i A_i x (Eq. 12)
         return base_output + mixed.to(base_output.dtype)  # Eq. 13
 
     def extra_repr(self) -> str:
-        return f"experts={self.num_experts}, rank={self.lora_A.shape[1]}, gate={self.gate_key!r}, stream={self.stream}"
+        return f"experts={self.num_experts}, rank={self.lora_A.shape[1]}, gate={self.gate_key!r}, stream={self.stream}, implementation={self.implementation}"
+
+
+def _mix_stacked(layer: MoLELinear, hidden: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
+    """The reference: the expert outputs E (B, T, N, d_out) materialised, the gate reads them."""
+    dtype = rank_space.compute_dtype(hidden)  # experts may be held in another dtype (composer.expert_dtype)
+    rank_inputs = rank_space.rank_inputs(hidden, layer.lora_A.to(dtype))  # (B, T, N, r): u_i = A_i x
+    expert_outputs = torch.einsum("btnr,nor->btno", rank_inputs, layer.lora_B.to(dtype)) * layer.scaling[:, None]  # (B, T, N, d_out)
+    weights = layer.router.gate_weights(layer, GateInputs(hidden, base_output, rank_inputs, expert_outputs)).weights  # (B, T or 1, N)
+    return torch.einsum("btno,btn->bto", expert_outputs, weights.to(expert_outputs.dtype))
+
+
+def _mix_rank_space_saved(layer: MoLELinear, hidden: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
+    """B_cat diag(g * s (x) 1_r) A_cat x: one rank-N*r LoRA with per-example weights in r-space, u kept for backward."""
+    dtype = rank_space.compute_dtype(hidden)
+    rank_inputs = rank_space.rank_inputs(hidden, layer.lora_A.to(dtype))  # (B, T, N, r)
+    weights = layer.router.gate_weights(layer, GateInputs(hidden, base_output, rank_inputs)).weights  # (B, T or 1, N)
+    weighted = rank_inputs * (weights.to(rank_inputs.dtype) * layer.scaling)[..., None]  # (B, T, N, r)
+    return torch.einsum("btnr,nor->bto", weighted, layer.lora_B.to(dtype))
+
+
+def _mix_rank_space(layer: MoLELinear, hidden: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
+    """The same contraction; backward recomputes u from x (mole/rank_space.py), and u from the gate is reused."""
+    weights, known = layer.router.gate_weights(layer, GateInputs(hidden, base_output))  # (B, T or 1, N), u or None
+    return rank_space.mix(hidden, layer.lora_A, layer.lora_B, weights * layer.scaling, known)
+
+
+MIXES = {"stacked": _mix_stacked, "rank_space_saved": _mix_rank_space_saved, "rank_space": _mix_rank_space}

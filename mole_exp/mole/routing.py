@@ -3,10 +3,11 @@
 It is attached to the model as `model.mole_gate`, so every trainable parameter is named
 `mole_gate.gates.<scope>.projection` or `mole_gate.gates.<scope>.temperature.log_tau`.
 
-Per forward it knows, through pre-hooks on the encoder and decoder stacks:
-- the valid-token masks of the encoder input (for the encoder's and the cross-attention memory's gates),
-- the decoder's cache offset, so that causal pooling continues a running sum during cached generation
-  (and follows beam-search reordering of the cache),
+Which token streams exist, and which mask feeds which gate, the router takes from the model family
+(`ModelFamily.streams`, mole_exp/base/family.py). Per forward it knows, through a pre-hook on each stream's module:
+- the valid-token mask of each bidirectional stream (its sequence-scope gates average over its valid tokens),
+- each causal stream's cache offset, so that its prefix pooling continues a running sum during cached
+  generation (and follows beam search's reordering of the cache, mole/beam_search.py),
 - which gates were already evaluated in this pass: a shared gate is computed at the first adapted linear
   of its scope and reused by the others.
 """
@@ -14,49 +15,38 @@ Per forward it knows, through pre-hooks on the encoder and decoder stacks:
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Protocol
+from functools import partial
 
 import torch
 import torch.nn as nn
 
+from mole_exp.base.family import Stream
 from mole_exp.mole import rank_space
-from mole_exp.mole.gates import IMPLEMENTATIONS, Gate, balance_loss, entropy, pool_bidirectional, pool_causal
-
-
-class GatedLinear(Protocol):
-    """What the router reads of an adapted linear (a MoLELinear, mole/layers.py, which calls the router)."""
-
-    module_name: str  # e.g. "encoder.block.0.layer.0.SelfAttention.q"
-    gate_key: str  # the scope of its gate
-    stream: str  # the token sequence it reads: "encoder" | "decoder" | "memory"
-    lora_A: torch.Tensor  # (N, r, d_in)
-    lora_B: torch.Tensor  # (N, d_out, r)
-    scaling: torch.Tensor  # (N,)
+from mole_exp.mole.beam_search import follow_beam_reorder
+from mole_exp.mole.gates import Gate, balance_loss, entropy, pool_bidirectional, pool_causal
+from mole_exp.mole.interface import GatedLinear, GateInputs, GateRecord, GateWeights
 
 
 def module_key(scope: str) -> str:
-    """ModuleDict keys cannot hold '.': encoder.block.0 -> encoder_block_0 (':memory' -> '__memory')."""
+    """ModuleDict keys cannot hold '.' (a.b.0 -> a_b_0) and ':' is written '__' (x:memory -> x__memory)."""
     return scope.replace(":", "__").replace(".", "_")
 
 
 class Router(nn.Module):
-    def __init__(self, gates: dict[str, Gate], gate_inputs: dict[str, str], num_experts: int, implementation: str = "rank_space"):
+    def __init__(self, gates: dict[str, Gate], gate_inputs: dict[str, str], num_experts: int):
         super().__init__()
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"composer.implementation={implementation!r} is not one of {list(IMPLEMENTATIONS)}")
         self.scopes = list(gates)  # ordered as the model runs them
         self.gates = nn.ModuleDict({module_key(s): g for s, g in gates.items()})
         self.gate_inputs = dict(gate_inputs)  # scope -> the module that computes it
         self.num_experts = num_experts
-        self.implementation = implementation
         self.register_buffer("expert_mask", None, persistent=False)
         self.collecting = False
-        self._stream_masks: dict[str, torch.Tensor | None] = {"encoder": None, "memory": None}
-        self._decoder_offset = 0
-        self._decoder_state: dict[str, tuple[torch.Tensor, int]] = {}
+        self.streams: dict[str, Stream] = {}  # name -> the family's stream, set by `attach`
+        self._stream_masks: dict[str, torch.Tensor | None] = {}  # bidirectional stream -> (B, T) valid tokens
+        self._offsets: dict[str, int] = {}  # causal stream -> tokens already in its KV cache
+        self._running: dict[str, tuple[torch.Tensor, int, str]] = {}  # causal scope -> (logit sum (B, N), count, stream)
         self._pass_probs: dict[str, torch.Tensor] = {}
-        self._gate_rank_inputs: tuple[GatedLinear, torch.Tensor] | None = None  # (linear, u = A x) from its gate, for its mix
-        self.records: list[tuple[str, torch.Tensor]] = []
+        self.records: list[GateRecord] = []
         self._hooks: list = []
 
     def gate(self, scope: str) -> Gate:
@@ -64,75 +54,77 @@ class Router(nn.Module):
 
     # ------------------------------------------------------------------ wiring
 
-    def attach(self, stacks: dict[str, nn.Module]) -> None:
-        """Follow the stacks' forwards (valid-token masks, cache offsets) through pre-hooks on them."""
+    def attach(self, model: nn.Module, streams: tuple[Stream, ...]) -> None:
+        """Follow the forwards of the streams' modules (valid-token masks, cache offsets) through a pre-hook on
+        each, and beam search's reordering of the cache (mole/beam_search.py). `detach` removes all of them."""
+        self.streams = {stream.name: stream for stream in streams}
+        by_module: dict[str, list[Stream]] = {}
+        for stream in streams:
+            by_module.setdefault(stream.module, []).append(stream)
         self._hooks = [
-            stacks["encoder"].register_forward_pre_hook(self._before_encoder, with_kwargs=True),
-            stacks["decoder"].register_forward_pre_hook(self._before_decoder, with_kwargs=True),
+            model.get_submodule(module).register_forward_pre_hook(partial(self._before_stream_module, tuple(group)), with_kwargs=True)
+            for module, group in by_module.items()
         ]
+        self._hooks.append(follow_beam_reorder(model, self._reorder_running_sums))
+        self._reset_state()
 
     def detach(self) -> None:
-        """Remove the hooks `attach` put on the stacks (the adapted linears are unwrapped by `detach_router`)."""
+        """Remove the hooks `attach` put on the model and drop every per-forward state and record (the adapted
+        linears are unwrapped by `inject.remove`)."""
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
+        self._reset_state()
+        self.records = []
 
-    def _before_encoder(self, module, args, kwargs):
-        self._stream_masks["encoder"] = kwargs.get("attention_mask")
+    def _reset_state(self) -> None:
+        self._pass_probs.clear()
+        self._stream_masks = {name: None for name, stream in self.streams.items() if not stream.causal}
+        self._offsets = {name: 0 for name, stream in self.streams.items() if stream.causal}
+        self._running.clear()
+
+    def _before_stream_module(self, streams: tuple[Stream, ...], module, args, kwargs):
+        """A forward of a stream module starts a new pass of its gates: read its streams' masks and cache offset."""
+        for stream in streams:
+            if stream.causal:
+                cache = kwargs.get("past_key_values", kwargs.get("cache"))
+                self._offsets[stream.name] = cache.get_seq_length() if cache is not None else 0
+                if self._offsets[stream.name] == 0:  # a new sequence: the running sums of its gates start again
+                    for scope in [s for s, (_, _, name) in self._running.items() if name == stream.name]:
+                        del self._running[scope]
+            else:
+                self._stream_masks[stream.name] = kwargs.get(stream.mask_argument) if stream.mask_argument else None
         self._pass_probs.clear()
 
-    def _before_decoder(self, module, args, kwargs):
-        self._stream_masks["memory"] = kwargs.get("encoder_attention_mask")
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        self._decoder_offset = cache.get_seq_length() if cache is not None else 0
-        if self._decoder_offset == 0:
-            self._decoder_state.clear()
-        elif cache is not None and not getattr(cache, "_mole_reorders", False):
-            self._follow_beam_reorder(cache)
-        self._pass_probs.clear()
-
-    def _follow_beam_reorder(self, cache) -> None:
-        """Beam search reorders the KV cache between steps; the running gate sums must follow it."""
-        reorder = cache.reorder_cache
-
-        def reorder_with_gate_state(beam_idx: torch.LongTensor):
-            reorder(beam_idx)
-            for scope, (running_sum, count) in self._decoder_state.items():
-                self._decoder_state[scope] = (running_sum.index_select(0, beam_idx.to(running_sum.device)), count)
-
-        cache.reorder_cache = reorder_with_gate_state
-        cache._mole_reorders = True
+    def _reorder_running_sums(self, beam_idx: torch.LongTensor) -> None:
+        """Beam search reordered the KV cache between steps; the running gate sums follow it."""
+        for scope, (running_sum, count, stream) in self._running.items():
+            self._running[scope] = (running_sum.index_select(0, beam_idx.to(running_sum.device)), count, stream)
 
     # ------------------------------------------------------------------ the gate weights of one linear
 
-    def gate_weights(
-        self,
-        layer: GatedLinear,
-        hidden: torch.Tensor,
-        rank_inputs: torch.Tensor | None = None,
-        expert_outputs: torch.Tensor | None = None,
-        base_output: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """(B, 1, N) for sequence-scope gates in the encoder/memory, (B, T, N) for decoder or token scope.
+    def gate_weights(self, layer: GatedLinear, inputs: GateInputs) -> GateWeights:
+        """(B, 1, N) for sequence-scope gates of a bidirectional stream, (B, T, N) for a causal stream or token scope.
 
-        The logits come from `expert_outputs` (stacked reference), else from `rank_inputs` u = A x, else
-        (implementation rank_space) from x with u recomputed in backward. `base_output` (B, T, d_out) = W x
-        is read only by gates with expert_output=full (Eq. 8)."""
+        The logits come from `inputs.expert_outputs` (stacked reference), else from `inputs.rank_inputs` u = A x,
+        else (implementation rank_space) from x with u recomputed in backward, and that u is handed back for the
+        layer's mix. `inputs.base_output` (B, T, d_out) = W x is read only by gates with expert_output=full (Eq. 8)."""
         scope = layer.gate_key
         probs = self._pass_probs.get(scope)
         if probs is not None:
-            return probs
+            return GateWeights(probs)
         if self.gate_inputs[scope] != layer.module_name:
             raise RuntimeError(
                 f"gate {scope!r} is computed at {self.gate_inputs[scope]!r}, but {layer.module_name!r} ran first"
             )
         gate = self.gate(scope)
-        base_output = base_output if gate.reads_base_output else None
+        hidden, rank_inputs, expert_outputs = inputs.hidden, inputs.rank_inputs, inputs.expert_outputs
+        base_output = inputs.base_output if gate.reads_base_output else None
+        computed = None  # u = A x, when computed here for the layer's mix
         if gate.input_form != "hidden" and expert_outputs is None and rank_inputs is None:
-            token_logits, rank_inputs = rank_space.token_logits(
+            token_logits, computed = rank_space.token_logits(
                 gate, hidden, layer.lora_A, layer.lora_B, layer.scaling, base_output=base_output
             )
-            self._gate_rank_inputs = (layer, rank_inputs)
         else:
             # gate statistics (means, variances) in float32 even under bf16 autocast: they cancel badly in bf16
             with torch.autocast(device_type=hidden.device.type, enabled=False):
@@ -144,25 +136,20 @@ class Router(nn.Module):
                     token_logits = gate.token_logits_rank_space(rank_inputs, layer.lora_B, layer.scaling, base_output)
         if gate.scope == "token":
             pooled = token_logits
-        elif layer.stream == "decoder":
-            previous = self._decoder_state.get(scope) if self._decoder_offset > 0 else None
-            if self._decoder_offset > 0 and (previous is None or previous[1] != self._decoder_offset):
-                raise RuntimeError(f"gate {scope!r}: cached decoding at offset {self._decoder_offset} without its running state")
-            pooled, running_sum = pool_causal(token_logits, previous[0] if previous else None, self._decoder_offset)
-            self._decoder_state[scope] = (running_sum.detach(), self._decoder_offset + token_logits.shape[1])
+        elif self.streams[layer.stream].causal:  # prefix mean, continued across cached steps
+            offset = self._offsets[layer.stream]
+            previous = self._running.get(scope) if offset > 0 else None
+            if offset > 0 and (previous is None or previous[1] != offset):
+                raise RuntimeError(f"gate {scope!r}: cached decoding at offset {offset} without its running state")
+            pooled, running_sum = pool_causal(token_logits, previous[0] if previous else None, offset)
+            self._running[scope] = (running_sum.detach(), offset + token_logits.shape[1], layer.stream)
         else:
             pooled = pool_bidirectional(token_logits, self._stream_masks[layer.stream])
         probs = gate.probabilities(pooled, self.expert_mask)
         self._pass_probs[scope] = probs
         if self.training or self.collecting:
-            self.records.append((scope, probs if self.training else probs.detach()))
-        return probs
-
-    def take_rank_inputs(self, layer: GatedLinear) -> torch.Tensor | None:
-        """u = A x (detached) if `layer`'s gate_weights call just computed it from x, so its mix need not
-        compute it again; None otherwise. Handed over once and dropped here (no memory kept)."""
-        held, self._gate_rank_inputs = self._gate_rank_inputs, None
-        return held[1] if held is not None and held[0] is layer else None
+            self.records.append(GateRecord(scope, probs if self.training else probs.detach()))
+        return GateWeights(probs, computed)
 
     # ------------------------------------------------------------------ masking, statistics, loss
 
@@ -180,31 +167,31 @@ class Router(nn.Module):
     def _device(self) -> torch.device:
         return next(self.parameters(), torch.zeros(())).device
 
-    def pop_records(self) -> list[tuple[str, torch.Tensor]]:
+    def pop_records(self) -> list[GateRecord]:
         records, self.records = self.records, []
         return records
 
     @staticmethod
-    def mean_probabilities(records: list[tuple[str, torch.Tensor]]) -> torch.Tensor:
+    def mean_probabilities(records: list[GateRecord]) -> torch.Tensor:
         """q of Eq. 15: each expert's probability averaged over gating functions, examples and positions."""
-        per_gate = [probs.float().reshape(-1, probs.shape[-1]).mean(dim=0) for _, probs in records]
+        per_gate = [record.probs.float().reshape(-1, record.probs.shape[-1]).mean(dim=0) for record in records]
         return torch.stack(per_gate).mean(dim=0)  # (N,)
 
-    def balance_loss(self, records: list[tuple[str, torch.Tensor]]) -> torch.Tensor:
+    def balance_loss(self, records: list[GateRecord]) -> torch.Tensor:
         return balance_loss(self.mean_probabilities(records))
 
     @staticmethod
-    def statistics(records: list[tuple[str, torch.Tensor]]) -> dict[str, dict[str, object]]:
+    def statistics(records: list[GateRecord]) -> dict[str, dict[str, object]]:
         """Per gate: mean weight per expert and mean entropy of its weight vectors (detached).
 
         Computed on the device and copied to the host once (one sync per call, not one per gate)."""
         if not records:
             return {}
-        flats = [probs.detach().float().reshape(-1, probs.shape[-1]) for _, probs in records]
+        flats = [record.probs.detach().float().reshape(-1, record.probs.shape[-1]) for record in records]
         means = torch.stack([flat.mean(dim=0) for flat in flats])  # (G, N)
         entropies = torch.stack([entropy(flat).mean() for flat in flats])  # (G,)
         table = torch.cat([means, entropies[:, None]], dim=1).cpu().tolist()  # the one host copy
-        return {scope: {"weights": row[:-1], "entropy": row[-1]} for (scope, _), row in zip(records, table, strict=True)}
+        return {scope: {"weights": row[:-1], "entropy": row[-1]} for record, row in zip(records, table, strict=True) for scope in [record.scope]}
 
     @contextmanager
     def collect(self):

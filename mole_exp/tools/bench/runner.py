@@ -385,7 +385,7 @@ class Bench:
             if variant in GENERATION_VARIANTS and self.args.gen_tokens > 0:
                 record["generation"] = self.generation(model, gen_batch)
         finally:
-            remove_mole(base, bank)
+            remove_mole(base)
 
     def run_peft(self, base, bank, batch, gen_batch, check_batch, record, references, skip) -> None:
         model = base.model

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from mole_exp.base.models import BaseModel
 from mole_exp.experts.bank import ExpertBank, TargetExperts
 from mole_exp.mole import rank_space
-from mole_exp.mole.inject import inject_mole
+from mole_exp.mole.inject import inject_mole, remove
+from mole_exp.mole.interface import GateInputs
 from mole_exp.mole.layers import MoLELinear
 
 VARIANTS = ("rank_space", "rank_space_saved", "stacked", "loop", "peft")
@@ -57,16 +58,15 @@ class LoopMoLELinear(MoLELinear):
     def from_layer(cls, layer: MoLELinear) -> LoopMoLELinear:
         experts = TargetExperts(layer.lora_A, layer.lora_B, layer.scaling)
         loop = cls(layer.base_layer, experts, layer.module_name, layer.gate_key, layer.stream, layer.lora_A.dtype)
-        loop.bind(layer._router[0])
+        loop.bind(layer.router)
         return loop
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         base_output = self.base_layer(hidden)
-        router = self._router[0]
         dtype = rank_space.compute_dtype(hidden)  # the experts may be held in another dtype (--expert-dtype)
         lora_A, lora_B = self.lora_A.to(dtype), self.lora_B.to(dtype)
         rank_parts = [F.linear(hidden, lora_A[i]) for i in range(self.num_experts)]  # u_i = A_i x, (B, T, r)
-        gate_probs = router.gate_weights(self, hidden, torch.stack(rank_parts, dim=2), None, base_output=base_output)  # (B, T or 1, N)
+        gate_probs = self.router.gate_weights(self, GateInputs(hidden, base_output, torch.stack(rank_parts, dim=2))).weights  # (B, T or 1, N)
         mixed = None
         for i, rank_input in enumerate(rank_parts):
             delta = F.linear(rank_input, lora_B[i]) * self.scaling[i]  # s_i B_i A_i x, (B, T, d_out)
@@ -104,23 +104,11 @@ def inject_variant(base: BaseModel, bank: ExpertBank, gate_cfg: dict[str, Any], 
     return router
 
 
-def remove_mole(base: BaseModel, bank: ExpertBank) -> None:
-    model = base.model
-    for name in bank.targets:
-        parent_name, _, leaf = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        layer = getattr(parent, leaf)
-        if isinstance(layer, MoLELinear):
-            setattr(parent, leaf, layer.base_layer)
-    router = getattr(model, "mole_gate", None)
+def remove_mole(base: BaseModel) -> None:
+    """Take MoLE out of the base again (the mechanism's own inverse of its injection), if it went in."""
+    router = getattr(base.model, "mole_gate", None)
     if router is not None:
-        for hook in router._hooks:
-            hook.remove()
-        router._hooks = []
-        router.pop_records()
-        router._pass_probs.clear()
-        router._decoder_state.clear()
-        del model.mole_gate
+        remove(base, router)
 
 
 def inject_peft(base: BaseModel, bank: ExpertBank, rank: int):
@@ -174,7 +162,7 @@ def reference_outputs(model, batch, router=None) -> dict[str, torch.Tensor]:
                 with router.collect():
                     logits = model(**batch).logits.float()
                     records = router.pop_records()
-                gates = torch.cat([p.float().reshape(-1) for _, p in records])
+                gates = torch.cat([record.probs.float().reshape(-1) for record in records])
                 return {"logits": logits, "gates": gates}
             return {"logits": model(**batch).logits.float()}
     finally:
