@@ -275,8 +275,8 @@ def test_literal_reading_under_bf16_autocast_on_the_cpu(tiny_bank):
     [
         ({"expert_output": "output"}, r"gate.expert_output='output' is not one of \['delta', 'full'\]"),
         ({"normalization": "global"}, r"gate.normalization='global' is not one of \['per_expert', 'joint'\]"),
-        ({"input_form": "hidden", "expert_output": "full"}, r"gate.expert_output='full' does not apply to gate.input_form='hidden'"),
-        ({"input_form": "hidden", "normalization": "joint"}, r"gate.normalization='joint' does not apply to gate.input_form='hidden'"),
+        ({"input_form": "hidden", "expert_output": "full"}, r"gate.expert_output='full' does not apply to composer.gate.input_form='hidden'"),
+        ({"input_form": "hidden", "normalization": "joint"}, r"gate.normalization='joint' does not apply to composer.gate.input_form='hidden'"),
     ],
 )
 def test_bad_readings_fail_before_any_model_loads(gate, message):

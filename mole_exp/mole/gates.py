@@ -56,15 +56,15 @@ def check_reading(input_form: str, expert_output: str, normalization: str) -> No
     """What the gate reads (`gate.expert_output`) and how it normalises it (`gate.normalization`): known
     values, and only with the forms that read the experts' outputs (concat, per_expert)."""
     if expert_output not in EXPERT_OUTPUTS:
-        raise ValueError(f"gate.expert_output={expert_output!r} is not one of {list(EXPERT_OUTPUTS)}")
+        raise ValueError(f"composer.gate.expert_output={expert_output!r} is not one of {list(EXPERT_OUTPUTS)}")
     if normalization not in NORMALIZATIONS:
-        raise ValueError(f"gate.normalization={normalization!r} is not one of {list(NORMALIZATIONS)}")
+        raise ValueError(f"composer.gate.normalization={normalization!r} is not one of {list(NORMALIZATIONS)}")
     if input_form == "hidden":
         changed = {k: v for k, v in (("expert_output", expert_output), ("normalization", normalization)) if v != DEFAULT_READING[k]}
         if changed:
-            settings = ", ".join(f"gate.{k}={v!r}" for k, v in changed.items())
+            settings = ", ".join(f"composer.gate.{k}={v!r}" for k, v in changed.items())
             raise ValueError(
-                f"{settings} does not apply to gate.input_form='hidden', which reads the linear's input x, not the "
+                f"{settings} does not apply to composer.gate.input_form='hidden', which reads the linear's input x, not the "
                 f"experts' outputs: use input_form concat or per_expert, or leave {DEFAULT_READING}"
             )
 
@@ -80,7 +80,7 @@ class Temperature(nn.Module):
     def __init__(self, init: float = 1.0, learnable: bool = True, min: float = 0.05, max: float = 100.0):
         super().__init__()
         if not (0 < min <= init <= max):
-            raise ValueError(f"gate.temperature: need 0 < min <= init <= max, got min={min}, init={init}, max={max}")
+            raise ValueError(f"composer.gate.temperature: need 0 < min <= init <= max, got min={min}, init={init}, max={max}")
         log_init = torch.tensor(math.log(init))
         if learnable:
             self.log_tau = nn.Parameter(log_init)
@@ -108,9 +108,9 @@ class Gate(nn.Module):
     ):
         super().__init__()
         if input_form not in INPUT_FORMS:
-            raise ValueError(f"gate.input_form={input_form!r} is not one of {list(INPUT_FORMS)}")
+            raise ValueError(f"composer.gate.input_form={input_form!r} is not one of {list(INPUT_FORMS)}")
         if scope not in SCOPES:
-            raise ValueError(f"gate.scope={scope!r} is not one of {list(SCOPES)}")
+            raise ValueError(f"composer.gate.scope={scope!r} is not one of {list(SCOPES)}")
         check_reading(input_form, expert_output, normalization)
         self.num_experts, self.input_form, self.scope = num_experts, input_form, scope
         self.expert_output, self.normalization = expert_output, normalization
@@ -196,7 +196,7 @@ class Gate(nn.Module):
 
     def _base_output(self, base_output: torch.Tensor | None) -> torch.Tensor:
         if base_output is None:
-            raise ValueError("gate.expert_output='full' reads the linear's base output W x, but none was given")
+            raise ValueError("composer.gate.expert_output='full' reads the linear's base output W x, but none was given")
         return base_output
 
     def token_logits_hidden(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ def inject_mole(
         raise ValueError(f"composer.implementation={implementation!r} is not one of {list(IMPLEMENTATIONS)}")
     granularity = gate_cfg.get("granularity", "layer")
     if granularity not in GRANULARITIES:
-        raise ValueError(f"gate.granularity={granularity!r} is not one of {list(GRANULARITIES)}")
+        raise ValueError(f"composer.gate.granularity={granularity!r} is not one of {list(GRANULARITIES)}")
     model, family = base.model, base.family
     if hasattr(model, "mole_gate"):
         raise ValueError("this model already has MoLE gates; compose a fresh base")
