@@ -40,20 +40,44 @@ def current_umask() -> int:
     return mask
 
 
-def write_atomic(path: str | Path, text: str) -> Path:
-    """Write `text` to a temporary file beside `path`, then rename it over `path`. The file gets the mode a
-    plain `open` would give it (0666 less the umask: 0644 by default), not mkstemp's private 0600."""
-    path = Path(path)
+def _temp_beside(path: Path, text: str) -> str:
+    """`text` in a temporary file in `path`'s folder, with the mode a plain `open` would give it (0666 less the
+    umask: 0644 by default), not mkstemp's private 0600. The caller renames or links it, then removes it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
         os.chmod(temp, 0o666 & ~current_umask())
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return temp
+
+
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
+    path = Path(path)
+    temp = _temp_beside(path, text)
+    try:
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def write_new(path: str | Path, text: str, exists_hint: str = "") -> Path:
+    """Write `text` to a temporary file beside `path`, then hard-link it as `path`: atomic, and refused when
+    `path` exists (an earlier result is never replaced)."""
+    path = Path(path)
+    temp = _temp_beside(path, text)
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path} already exists and is never overwritten{exists_hint}") from None
+    finally:
+        Path(temp).unlink(missing_ok=True)
     return path
 
 

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mole_exp.files import current_umask
+from mole_exp.files import write_new
 from mole_exp.harness.composed import check_run, check_spec, default_device
 
 PROG = "scripts/lm_eval.py"
@@ -87,22 +85,7 @@ def timestamp() -> str:
     return datetime.now().isoformat().replace(":", "-")
 
 
-def write_new(path: Path, text: str) -> Path:
-    """Write `text` to a temporary file beside `path`, then hard-link it as `path`: atomic, and refused when
-    `path` exists (an earlier result is never replaced). Mode 0666 less the umask."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.chmod(temp, 0o666 & ~current_umask())
-        try:
-            os.link(temp, path)
-        except FileExistsError:
-            raise FileExistsError(f"{path} already exists (an earlier lm-eval result, never overwritten); run again for a new time stamp") from None
-    finally:
-        Path(temp).unlink(missing_ok=True)
-    return path
+EXISTS_HINT = " (an earlier lm-eval result); run again for a new time stamp"
 
 
 def write_results(folder: Path, results: dict[str, Any], samples: dict[str, list[dict[str, Any]]] | None, stamp: str | None = None) -> Path:
@@ -113,9 +96,9 @@ def write_results(folder: Path, results: dict[str, Any], samples: dict[str, list
     stamp = stamp or timestamp()
     for task, rows in (samples or {}).items():
         lines = "".join(json.dumps(row, default=handle_non_serializable, ensure_ascii=False) + "\n" for row in rows)
-        write_new(folder / f"samples_{task}_{stamp}.jsonl", lines)
+        write_new(folder / f"samples_{task}_{stamp}.jsonl", lines, EXISTS_HINT)
     text = json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False) + "\n"
-    return write_new(folder / f"results_{stamp}.json", text)
+    return write_new(folder / f"results_{stamp}.json", text, EXISTS_HINT)
 
 
 def evaluate(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
