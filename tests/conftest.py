@@ -100,3 +100,13 @@ SMOKE = ["model=tiny", "experts=tiny", "trainer=cpu", "trainer.max_steps=2", "da
 @pytest.fixture
 def smoke_overrides(tmp_path):
     return SMOKE + [f"paths.data_dir={DATA_DIR}", f"paths.outputs_dir={tmp_path / 'outputs'}"]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy shared CPU they lose a lot (spinning):
+    a module that runs many of them asks for this (pytestmark = pytest.mark.usefixtures("one_torch_thread"))."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

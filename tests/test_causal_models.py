@@ -22,12 +22,7 @@ from tests.test_composers import EXAMPLES, assert_same_logits, logits, peft_mode
 ARCHITECTURES = {"llama": "llama3", "qwen2": "qwen2.5"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 _BUILT: dict[str, BaseModel] = {}

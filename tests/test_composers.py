@@ -29,14 +29,7 @@ from mole_exp.training.fit import make_search_data
 from mole_exp.training.lit_module import ComposerLitModule
 from tests.conftest import compose_cfg, needs_data, needs_gpu
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy shared CPU they lose a lot (spinning)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 EXAMPLES = [

@@ -60,6 +60,14 @@ def exercise(model, batch) -> torch.Tensor:
     return generated
 
 
+def assert_back_to_base(model, before: dict, batch, base_logits: torch.Tensor) -> None:
+    """After remove: the same model bit for bit, no hook anywhere, the base's logits."""
+    assert_same_model(model, before)
+    assert no_hooks_anywhere(model)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, base_logits)
+
+
 @pytest.mark.parametrize(
     "granularity,implementation,scope",
     [("matrix", "rank_space", "sequence"), ("layer", "rank_space_saved", "token"), ("block", "stacked", "sequence"),
@@ -77,10 +85,7 @@ def test_remove_inverts_inject_mole(tiny_bank, granularity, implementation, scop
         assert not torch.equal(model(**batch).logits, base_logits)  # injected: the experts act
     exercise(model, batch)
     remove(base, router)
-    assert_same_model(model, before)
-    assert no_hooks_anywhere(model)
-    with torch.no_grad():
-        assert torch.equal(model(**batch).logits, base_logits)
+    assert_back_to_base(model, before, batch, base_logits)
     assert not router.records and not router._hooks
     with pytest.raises(ValueError, match="not attached to this model"):
         remove(base, router)
@@ -100,10 +105,7 @@ def test_remove_inverts_the_mixers_token_router(tiny_bank):
     router = inject_mixer(base, tiny_bank, "attention", "layer", top_k=2, init_std=0.5, temperature={"init": 1.0, "learnable": False})
     exercise(model, batch)
     remove(base, router)
-    assert_same_model(model, before)
-    assert no_hooks_anywhere(model)
-    with torch.no_grad():
-        assert torch.equal(model(**batch).logits, base_logits)
+    assert_back_to_base(model, before, batch, base_logits)
 
 
 @pytest.mark.parametrize("name", ["mole", "mixer", "fresh_lora", "lorahub", "pems", "nla", "single"])

@@ -19,13 +19,7 @@ from mole_exp.training.data import collator, tokenize
 from mole_exp.training.search_loss import ExampleLoss
 from tests.conftest import TOKENIZER_DIR
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 EXAMPLES = [

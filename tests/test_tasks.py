@@ -15,7 +15,7 @@ from mole_exp.tasks import LOADERS, DataUnavailableError
 from mole_exp.tasks.bbh import BBH_TASKS
 from tests.conftest import DATA_DIR, SMOKE, compose_cfg, needs_data
 
-pytestmark = needs_data
+pytestmark = [needs_data, pytest.mark.usefixtures("one_torch_thread")]  # tests/conftest.py
 
 PAPER_RESULTS = DATA_DIR.parent / "paper" / "mole_nlp_results.csv"
 SUITES = {
@@ -26,15 +26,6 @@ SUITES = {
 }
 HUB_ONLY = {"wmt16_en_de", "wmt16_de_en", "wmt16_en_ro", "wmt16_ro_en"}
 PRIMARY = {"translation": "bleu", "struct2text": "rougeL", "cbqa": "em", "bbh": "em"}
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The tiny model is far faster on one thread when the machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_task(suite: str, *overrides: str):
@@ -273,7 +264,6 @@ def test_suite_runs_end_to_end(suite, tmp_path, smoke_overrides):
 def test_seeded_builders_leave_the_callers_generator_as_it_was(tmp_path):
     """Building the tiny T5 and the tiny library (seeded by their own seeds, under torch.random.fork_rng) draws
     nothing from the caller's generator: the next number is the one it would have been."""
-    import torch
 
     from mole_exp.experts.tiny_library import ensure_tiny_library
     from tests.conftest import make_tiny
