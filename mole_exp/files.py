@@ -1,10 +1,12 @@
-"""Results files: written atomically (temp file + rename), never over a finished run."""
+"""Results files and cached folders: written atomically (temp file or folder + rename), never over a finished run."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,42 @@ def staging_dir(parent: str | Path, prefix: str) -> Path:
     `mkdir` gives (0777 less the umask), not mkdtemp's private 0700, since the rename makes it the result."""
     folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     os.chmod(folder, 0o777 & ~current_umask())
+    return folder
+
+
+def build_folder(folder: str | Path, build: Callable[[Path], None], *, finished: Callable[[Path], bool], what: str = "folder") -> Path:
+    """`folder`, built once and atomically: `build(staging)` fills a fresh folder beside it (`.<name>.partial-*`),
+    which is then renamed to `folder`. `finished(folder)` says whether a finished one is there already (it may
+    raise, e.g. for a folder holding something else). Builders of the same folder take turns on a `filelock`
+    lock beside it (`.<name>.lock`): the second waits and finds the first's result instead of building again.
+    A build that raises or is killed leaves nothing under the final name; its staging folder is removed at
+    once, or (killed) by the next builder, which holds the lock and so knows no one else is using it."""
+    from filelock import FileLock
+
+    folder = Path(folder)
+    if finished(folder):
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{folder.name}.partial-"
+    with FileLock(str(folder.parent / f".{folder.name}.lock")):
+        if finished(folder):  # built meanwhile by another process
+            return folder
+        for stale in [p for p in folder.parent.iterdir() if p.name.startswith(prefix)]:
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = staging_dir(folder.parent, prefix)
+        try:
+            build(staging)
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()  # an empty folder (e.g. made by hand) holds nothing to keep
+            try:
+                os.rename(staging, folder)
+            except OSError as error:
+                raise FileExistsError(
+                    f"{folder} exists and holds no finished {what}; it is never overwritten: delete it or choose another folder"
+                ) from error
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 

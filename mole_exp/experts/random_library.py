@@ -21,8 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ import torch
 
 from mole_exp.experts.adapters import read_adapter
 from mole_exp.experts.library import MANIFEST, read_library
+from mole_exp.files import build_folder
 
 MATCHES = ("factors", "delta")
 KIND = "random-matched"
@@ -95,12 +94,9 @@ def ensure_random_library(library_dir: str | Path, options: Any, cache_dir: str 
     key = hashlib.sha256(json.dumps({"weights": _weights_hash([Path(p) for _, p in entries]), "seed": seed, "match": match,
                                      "kind": KIND}).encode()).hexdigest()[:12]
     folder = Path(os.path.expanduser(str(cache_dir))) / key
-    if (folder / MANIFEST).exists():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
     by_name = {a["name"]: a for a in real_manifest.get("adapters", [])}
-    try:
+
+    def build(staging: Path) -> None:
         adapters = []
         for name, source in entries:
             config, modules = read_adapter(source)
@@ -135,14 +131,8 @@ def ensure_random_library(library_dir: str | Path, options: Any, cache_dir: str 
             "adapters": adapters,
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        try:
-            os.rename(staging, folder)
-        except OSError:  # another process made it first: same weights, seed and match, so the same library
-            pass
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return folder
+
+    return build_folder(folder, build, finished=lambda f: (f / MANIFEST).exists(), what="random library")
 
 
 def random_state_of(state: dict[str, torch.Tensor], module: str, part: str) -> torch.Tensor:

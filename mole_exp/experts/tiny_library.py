@@ -7,15 +7,13 @@ import copy
 import hashlib
 import json
 import os
-import shutil
-import warnings
 from pathlib import Path
 
 import torch
 
 from mole_exp.base.models import BaseModel, weights_fingerprint
 from mole_exp.experts.library import MANIFEST
-from mole_exp.files import staging_dir
+from mole_exp.files import build_folder
 
 
 def tiny_expert_name(index: int) -> str:
@@ -39,12 +37,9 @@ def ensure_tiny_library(
     spec = {"base_model_id": base.model_id, "n": num_adapters, "r": rank, "alpha": alpha, "targets": list(targets), "seed": seed}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     folder = Path(os.path.expanduser(str(library_dir))) / key
-    if (folder / MANIFEST).exists():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_dir(folder.parent, f".{key}-")
-    adapters = []
-    try:
+
+    def build(staging: Path) -> None:
+        adapters = []
         with torch.random.fork_rng(devices=[]):  # seeded per adapter; the caller's generator is left as it was
             for i in range(num_adapters):
                 name = tiny_expert_name(i)
@@ -64,13 +59,5 @@ def ensure_tiny_library(
             **{k: v for k, v in spec.items() if k != "base_model_id"},
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        try:
-            os.rename(staging, folder)
-        except OSError:  # another process made it first: theirs is equivalent (same seed)
-            shutil.rmtree(staging, ignore_errors=True)
-    finally:
-        if staging.exists() and staging != folder:
-            shutil.rmtree(staging, ignore_errors=True)
-    if not (folder / MANIFEST).exists():
-        warnings.warn(f"tiny library at {folder} could not be created", stacklevel=2)
-    return folder
+
+    return build_folder(folder, build, finished=lambda f: (f / MANIFEST).exists(), what="tiny library")

@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -35,7 +34,7 @@ from mole_exp.base.models import BaseModel, weights_fingerprint
 from mole_exp.evaluation.evaluator import GenerationSettings, score_examples
 from mole_exp.evaluation.metrics import get_metric
 from mole_exp.experts.library import MANIFEST
-from mole_exp.files import staging_dir
+from mole_exp.files import build_folder
 from mole_exp.tasks.base import Task
 from mole_exp.tools.seq2seq_training import TrainSettings, fit_seq2seq
 
@@ -186,9 +185,7 @@ def train_library(
         log.info("expert library %s: already trained with these settings; reused", folder)
         return folder
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_dir(folder.parent, f".{folder.name}-")
-    try:
+    def build(staging: Path) -> None:
         adapters = []
         for name, members in plan:
             started = time.perf_counter()
@@ -215,11 +212,8 @@ def train_library(
         manifest = {"kind": LIBRARY_KIND, "base_model_id": base.model_id, "base_fingerprint": fingerprint,
                     "settings": settings, "settings_key": key, "adapters": adapters}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _move_into_place(staging, folder, key)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return folder
+
+    return build_folder(folder, build, finished=lambda f: finished_library(f, key), what="expert library")
 
 
 def _score_saved_expert(base: BaseModel, adapter_dir: Path, task: Task, datasets: list[str], generation: GenerationSettings) -> dict[str, float]:
@@ -231,17 +225,6 @@ def _score_saved_expert(base: BaseModel, adapter_dir: Path, task: Task, datasets
         return {d: score_dataset(peft_model, base, task, d, generation) for d in datasets}
     finally:
         peft_model.unload()
-
-
-def _move_into_place(staging: Path, folder: Path, key: str) -> None:
-    if folder.exists() and not any(folder.iterdir()):
-        folder.rmdir()  # an empty folder (e.g. made by hand) is not a library
-    try:
-        os.rename(staging, folder)
-    except OSError:
-        if not finished_library(folder, key):  # raises when another library appeared there meanwhile
-            raise
-        log.info("expert library %s: finished meanwhile by another process with the same settings", folder)
 
 
 def run_from_config(cfg: Any) -> Path:

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from omegaconf import OmegaConf
 
 from mole_exp.base.family import family_for
 from mole_exp.base.models import BaseModel, build_tiny, freeze, load_t5_tokenizer
-from mole_exp.files import staging_dir
+from mole_exp.files import build_folder
 from mole_exp.tools.mini.span_corruption import corrupt_spans
 from mole_exp.tools.mini.synthetic_tasks import generate_splits, task_tag
 from mole_exp.tools.seq2seq_training import TrainSettings, fit_seq2seq
@@ -126,27 +125,18 @@ def build_small_synthetic(
     folder = Path(os.path.expanduser(str(cache_dir))) / key
     if (folder / SETTINGS_FILE).exists():
         log.info("small base %s: cached at %s", model_id, folder)
-        return _load_cached(folder, tokenizer, model_id)
 
-    log.info("small base %s: pretraining (%s, %d steps); cached afterwards at %s", model_id, data["objective"], settings.steps, folder)
-    fresh = build_tiny(tokenizer_dir, seed=seed, dtype=dtype, **architecture)
-    model = fresh.model
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)
-    examples = pretraining_examples(**data)
-    report = fit_seq2seq(model, fresh.tokenizer, examples, settings, seed, what=f"pretraining {model_id}")
-    freeze(model)
-
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_dir(folder.parent, f".{key}-")
-    try:
+    def build(staging: Path) -> None:  # under the folder's lock: a parallel builder of the same base waits for this one
+        log.info("small base %s: pretraining (%s, %d steps); cached afterwards at %s", model_id, data["objective"], settings.steps, folder)
+        fresh = build_tiny(tokenizer_dir, seed=seed, dtype=dtype, **architecture)
+        model = fresh.model
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        examples = pretraining_examples(**data)
+        report = fit_seq2seq(model, fresh.tokenizer, examples, settings, seed, what=f"pretraining {model_id}")
+        freeze(model)
         model.save_pretrained(str(staging))
         (staging / SETTINGS_FILE).write_text(json.dumps({"model_id": model_id, **spec, "report": report}, indent=2))
-        try:
-            os.rename(staging, folder)
-        except OSError:  # another process cached the same base first: same settings and seed, same weights
-            log.info("small base %s: cached meanwhile by another process", model_id)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+
+    build_folder(folder, build, finished=lambda f: (f / SETTINGS_FILE).exists(), what="small base")
     return _load_cached(folder, tokenizer, model_id)
