@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere without installing
 
 from mole_exp.tools.mini.settings import PRESETS  # noqa: E402
+from mole_exp.training.compose import CONF_DIR, compose_config  # noqa: E402
 
 log = logging.getLogger("reproduce_mini")
-CONF_DIR = ROOT / "conf"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,14 +40,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads for pretraining and expert training (default: --jobs)")
     parser.add_argument("--data-dir", type=Path, default=None, help="paths.data_dir (holds t5_tokenizer/); default: conf/paths")
     return parser.parse_args(argv)
-
-
-def compose(config_name: str, overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     timings: dict[str, float] = {}
 
     started = time.perf_counter()
-    model_cfg = compose("train_experts", [*paths, *settings.model])
+    model_cfg = compose_config("train_experts", [*paths, *settings.model])
     base = build(model_cfg.model)
     timings["1. pretrain the small base (or load it from the cache)"] = time.perf_counter() - started
     base_info = {"model_id": base.model_id, "pretraining": _pretraining_summary(model_cfg)}
@@ -85,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     only = f"experts_training.tasks=[{','.join(settings.tasks)}]"
     libraries, manifests = {}, {}
     for seed in settings.seeds:  # each seed its own library, trained on its own draw of the task data
-        library_cfg = compose("train_experts", [*paths, *settings.model, *settings.data, *settings.experts_training, only,
+        library_cfg = compose_config("train_experts", [*paths, *settings.model, *settings.data, *settings.experts_training, only,
                                                 f"seed={seed}", f"task.args.data_seed={seed}"])
         libraries[seed] = run_from_config(library_cfg)
         manifests[seed] = json.loads((libraries[seed] / "manifest.json").read_text())

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import mole_exp.training.resolvers  # noqa: F401
 from mole_exp.base.tokenizer_fetch import FETCH_COMMAND, is_fetched, tokenizers_dir
+from mole_exp.training.compose import compose_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("MOLE_EXP_DATA", ROOT.parent / "shared" / "data"))
@@ -78,19 +77,7 @@ def tiny_bank(tiny_base, cache_dir):
     return load_experts(tiny_experts_cfg(cache_dir), tiny_base)
 
 
-def compose_cfg(overrides: list[str], output_dir: Path | None = None):
-    """Compose the real Hydra config (conf/train.yaml) with overrides, resolvable outside a Hydra run."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    from hydra.core.hydra_config import HydraConfig
-
-    HydraConfig.instance().set_config(cfg)
-    OmegaConf.set_struct(cfg, False)
-    if output_dir is not None:  # the hydra node is read-only: override the path that reads it
-        cfg.paths.output_dir = str(output_dir)
-    cfg.overrides = list(overrides)
-    del cfg["hydra"]
-    return cfg
+compose_cfg = compose_run_config  # conf/train.yaml with overrides, as `python train.py` sees it
 
 
 SMOKE = ["model=tiny", "experts=tiny", "trainer=cpu", "trainer.max_steps=2", "data.eval_limit=4", "data.train_limit=16",

@@ -14,9 +14,9 @@ import pytest
 
 from mole_exp.tools.mini.history import in_force
 from mole_exp.tools.mini.plan import RunSpec, make_plan
-from mole_exp.tools.mini.runner import compose_train_config
 from mole_exp.tools.mini.settings import FAST, FULL
 from mole_exp.tools.mini.tables import dataset_table, format_cell
+from mole_exp.training.compose import compose_run_config
 from tests.conftest import DATA_DIR, ROOT
 
 CONF = ROOT / "conf"
@@ -34,7 +34,7 @@ def test_plan_covers_every_study_and_composes_into_valid_configs(tmp_path):
     masks = [r for r in plan.study("mask") if r.composer == "mole"]
     assert all(r.needs == next(t.run_dir for t in plan.study("table3") if t.label == "mole") for r in masks)
     for run in plan.runs:
-        cfg = compose_train_config(CONF, list(run.overrides), run.run_dir)
+        cfg = compose_run_config(list(run.overrides), run.run_dir, conf_dir=CONF)
         assert cfg.composer.name == run.composer and cfg.seed == run.seed and cfg.paths.output_dir == str(run.run_dir)
         assert cfg.experts.library_dir == str(tmp_path / "lib0") and cfg.task.args.data_seed == run.seed
         assert run.facts["library_seed"] == run.facts["data_seed"] == run.facts["composer_seed"] == run.seed
@@ -43,7 +43,7 @@ def test_plan_covers_every_study_and_composes_into_valid_configs(tmp_path):
         if random:
             assert cfg.experts.random.seed == run.seed and cfg.experts.random.match == FAST.random_match
     compose_runs = plan.study("compose")
-    assert all(compose_train_config(CONF, list(r.overrides), r.run_dir).task.name == "synthetic_compose" for r in compose_runs)
+    assert all(compose_run_config(list(r.overrides), r.run_dir, conf_dir=CONF).task.name == "synthetic_compose" for r in compose_runs)
     libraries = {seed: tmp_path / f"lib{seed}" for seed in FULL.seeds}
     full = make_plan(FULL, libraries, tmp_path / "out", CONF)
     assert {r.seed for r in full.runs} == set(FULL.seeds) and len(full.study("balance")) == len(FULL.seeds) * (1 + len(FULL.temperatures))

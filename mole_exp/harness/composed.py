@@ -27,12 +27,12 @@ from mole_exp.composers.base import Composer
 from mole_exp.files import METRICS_FILE, read_json
 from mole_exp.harness.backends import backend_for
 from mole_exp.training.checkpoints import load_composer_state, resolve_unit_checkpoint
+from mole_exp.training.compose import compose_config
 from mole_exp.training.config import build, validate
 from mole_exp.training.fit_units import SUITE, FitUnit, is_flat
 from mole_exp.training.moved_paths import with_current_targets
 from mole_exp.training.pipeline import unit_experts
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 MATCHED = "matched"  # composer=single composer.expert=matched: a per-dataset choice lm-eval's tasks cannot make
 
 
@@ -185,14 +185,10 @@ def load_run(folder: str | Path, unit: str | None = None, device: str | None = N
 
 def spec_config(overrides: list[str]) -> DictConfig:
     """conf/train.yaml with the spec's overrides (Hydra's compose API), checked as a training config is."""
-    from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
-    import mole_exp.training.resolvers  # noqa: F401  (the resolvers conf/ uses)
-
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=list(overrides))
+        cfg = compose_config("train", overrides)
     except HydraException as error:
         raise ValueError(f"--compose {' '.join(overrides)}: {error}") from None
     validate(cfg)

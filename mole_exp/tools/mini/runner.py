@@ -30,31 +30,16 @@ class Outcome:
     error: str | None = None
 
 
-def compose_train_config(conf_dir: Path, overrides: list[str], output_dir: Path):
-    """conf/train.yaml with overrides, resolvable outside a Hydra run (as `python train.py` would see it)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    OmegaConf.set_struct(cfg, False)
-    cfg.paths.output_dir = str(output_dir)  # the hydra node is read-only: override the path that reads it
-    cfg.overrides = list(overrides)
-    del cfg["hydra"]
-    return cfg
-
-
 def execute(key: str, overrides: list[str], run_dir: str, conf_dir: str) -> Outcome:
     """One run, start to metrics.json; a finished run of the same config is reused, of another config refused."""
     from mole_exp.files import read_json
+    from mole_exp.training.compose import compose_run_config
     from mole_exp.training.config import config_hash
     from mole_exp.training.pipeline import run
     from mole_exp.training.resume import matches_config
 
     started = time.perf_counter()
-    cfg = compose_train_config(Path(conf_dir), overrides, Path(run_dir))
+    cfg = compose_run_config(overrides, Path(run_dir), conf_dir=conf_dir)
     if (Path(run_dir) / METRICS_FILE).exists():
         found = read_json(Path(run_dir) / METRICS_FILE).get("config_hash")
         if matches_config(Path(run_dir), found, config_hash(cfg)):
