@@ -41,6 +41,13 @@ import torch.nn as nn
 GRANULARITIES = ("matrix", "layer", "block", "network")
 
 
+def check_granularity(granularity: str, key: str) -> str:
+    """A gate granularity (the config key `key` names it): the one check, made where a composer reads it."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"{key}={granularity!r} is not one of {list(GRANULARITIES)}")
+    return granularity
+
+
 @dataclass(frozen=True)
 class Stream:
     """One token sequence that adapted linears read (see the module docstring)."""
@@ -134,8 +141,6 @@ class ModelFamily:
         example (or per token) of the sequence it reads, so the decoder's cross-attention keys/values
         get a gate of their own ("...:memory") at the layer, block and network granularities.
         """
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"gate granularity {granularity!r} is not one of {list(GRANULARITIES)}")
         pos = self.position(module_name)
         if granularity == "matrix":
             return module_name
@@ -144,7 +149,9 @@ class ModelFamily:
             return f"{pos.stack}.block.{pos.block}.layer.{pos.layer}{suffix}"
         if granularity == "block":
             return f"{pos.stack}.block.{pos.block}{suffix}"
-        return f"network.{pos.stream}"
+        if granularity == "network":
+            return f"network.{pos.stream}"
+        raise ValueError(f"granularity {granularity!r}: check it with check_granularity where it is read")
 
     def stack_modules(self, model: nn.Module) -> dict[str, nn.Module]:
         paths = dict(self.stack_paths)

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from mole_exp.base.family import GRANULARITIES
+from mole_exp.base.family import check_granularity
 from mole_exp.base.models import BaseModel
 from mole_exp.composers.base import Composer, refuse_causal, register_composer
 from mole_exp.experts.bank import ExpertBank
@@ -97,8 +97,7 @@ class MixerComposer(Composer):
         self.seed = seed
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"composer.top_k={top_k!r} must be a positive integer (experts per token)")
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"composer.granularity={granularity!r} is not one of {list(GRANULARITIES)}")
+        check_granularity(granularity, "composer.granularity")
         if modules not in MODULE_SETS:
             raise ValueError(f"composer.modules={modules!r} is not one of {list(MODULE_SETS)}")
         for key, value in (("balance_weight", balance_weight), ("specialization_weight", specialization_weight), ("init_std", init_std)):

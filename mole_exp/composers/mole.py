@@ -15,8 +15,7 @@ import torch.nn as nn
 from mole_exp.base.models import DTYPES, BaseModel
 from mole_exp.composers.base import Composer, refuse_causal, register_composer
 from mole_exp.experts.bank import ExpertBank
-from mole_exp.mole.gates import IMPLEMENTATIONS
-from mole_exp.mole.inject import gate_reading, inject_mole, remove
+from mole_exp.mole.inject import check_implementation, gate_settings, inject_mole, remove
 from mole_exp.mole.routing import Router
 
 
@@ -35,17 +34,16 @@ class MoLEComposer(Composer):
         name: str | None = None,
     ):
         super().__init__(name=name, mask=mask, fit_per=fit_per)
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"composer.implementation={implementation!r} is not one of {list(IMPLEMENTATIONS)}")
         if expert_dtype is not None and expert_dtype not in DTYPES:
             raise ValueError(f"composer.expert_dtype={expert_dtype!r} is not one of {[None, *sorted(DTYPES)]} (null: the model's dtype)")
         self.expert_dtype = expert_dtype
         if float(alpha) < 0:
             raise ValueError(f"composer.alpha={alpha} must be >= 0 (the weight of L_balance)")
-        self.gate_cfg = dict(gate)
-        self.reading = gate_reading(self.gate_cfg)  # checked here, before any model loads
+        self.gate_cfg = dict(gate)  # as configured (metrics.json's summary)
+        self.gate = gate_settings(self.gate_cfg)  # checked here, before any model loads; defaults filled in
+        self.reading = {key: self.gate[key] for key in ("expert_output", "normalization")}
         self.alpha = float(alpha)
-        self.implementation = implementation
+        self.implementation = check_implementation(implementation)
         self.router: Router | None = None
 
     def compose(self, base: BaseModel, bank: ExpertBank) -> list[nn.Parameter]:
@@ -53,7 +51,7 @@ class MoLEComposer(Composer):
         self.base, self.bank = base, bank
         self._resolve_mask(bank)
         expert_dtype = DTYPES[self.expert_dtype] if self.expert_dtype else None
-        self.router = inject_mole(base, bank, self.gate_cfg, self.implementation, expert_dtype)
+        self.router = inject_mole(base, bank, self.gate, self.implementation, expert_dtype)
         return [p for p in self.router.parameters() if p.requires_grad]
 
     def trainable_module(self) -> nn.Module:

@@ -106,12 +106,7 @@ class Gate(nn.Module):
         expert_output: str = "delta",
         normalization: str = "per_expert",
     ):
-        super().__init__()
-        if input_form not in INPUT_FORMS:
-            raise ValueError(f"composer.gate.input_form={input_form!r} is not one of {list(INPUT_FORMS)}")
-        if scope not in SCOPES:
-            raise ValueError(f"composer.gate.scope={scope!r} is not one of {list(SCOPES)}")
-        check_reading(input_form, expert_output, normalization)
+        super().__init__()  # the settings come checked (mole/inject.py: gate_settings)
         self.num_experts, self.input_form, self.scope = num_experts, input_form, scope
         self.expert_output, self.normalization = expert_output, normalization
         shape = {

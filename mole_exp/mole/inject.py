@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from mole_exp.base.family import GRANULARITIES
+from mole_exp.base.family import check_granularity
 from mole_exp.base.models import BaseModel
 from mole_exp.experts.bank import ExpertBank
-from mole_exp.mole.gates import DEFAULT_READING, IMPLEMENTATIONS, Gate, check_reading
+from mole_exp.mole.gates import DEFAULT_READING, IMPLEMENTATIONS, INPUT_FORMS, SCOPES, Gate, check_reading
 from mole_exp.mole.layers import MoLELinear
 from mole_exp.mole.routing import Router
 
@@ -34,15 +34,12 @@ def inject_mole(
     `expert_dtype`: the dtype the frozen experts are held in (None: the model's). bfloat16 halves their
     memory (N=128 on FLAN-T5-large, q/v: 2.4 GB in float32) and loses nothing under bf16 autocast, whose
     matmuls round them to bf16 anyway."""
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"composer.implementation={implementation!r} is not one of {list(IMPLEMENTATIONS)}")
-    granularity = gate_cfg.get("granularity", "layer")
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"composer.gate.granularity={granularity!r} is not one of {list(GRANULARITIES)}")
+    check_implementation(implementation)
+    gate = gate_settings(gate_cfg)
+    granularity, input_form = gate["granularity"], gate["input_form"]
     model, family = base.model, base.family
     if hasattr(model, "mole_gate"):
         raise ValueError("this model already has MoLE gates; compose a fresh base")
-    input_form = gate_cfg.get("input_form", "concat")
     # order the adapted linears as the model runs them (named_modules order is execution order for T5)
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     module_names = sorted(bank.targets, key=order.__getitem__)
@@ -58,22 +55,45 @@ def inject_mole(
             num_experts=len(bank),
             feature_dim=feature_dim,
             input_form=input_form,
-            scope=gate_cfg.get("scope", "sequence"),
-            temperature=dict(gate_cfg.get("temperature") or {}),
-            init_std=float(gate_cfg.get("init_std", 0.0)),
-            **gate_reading(gate_cfg),
+            scope=gate["scope"],
+            temperature=gate["temperature"],
+            init_std=gate["init_std"],
+            expert_output=gate["expert_output"],
+            normalization=gate["normalization"],
         )
         gate_inputs[scope] = name
     router = Router(gates, gate_inputs, num_experts=len(bank))
     return attach_router(base, bank, module_names, granularity, router, "mole_gate", expert_dtype, implementation)
 
 
-def gate_reading(gate_cfg: dict[str, Any]) -> dict[str, str]:
-    """gate.expert_output and gate.normalization (what the gate reads, Eqs. 8-9), defaults filled in, checked
-    against gate.input_form."""
-    reading = {key: gate_cfg.get(key) or default for key, default in DEFAULT_READING.items()}
-    check_reading(gate_cfg.get("input_form", "concat"), **reading)
-    return reading
+def check_implementation(implementation: str) -> str:
+    """`composer.implementation`: how a MoLELinear mixes its experts (the same math; mole/gates.py)."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"composer.implementation={implementation!r} is not one of {list(IMPLEMENTATIONS)}")
+    return implementation
+
+
+def gate_settings(gate_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The gate config (`composer.gate`) with its defaults filled in, every value checked: the one check of
+    each, made where the config enters the mechanism (the composer's constructor, before any model loads, or
+    `inject_mole` called directly); the Gates and MoLELinears built from it take the values as given.
+    granularity (ModelFamily.scope), input_form, scope, and what the gate reads (expert_output and
+    normalization, Eqs. 8-9, checked against input_form)."""
+    gate = {
+        "granularity": gate_cfg.get("granularity", "layer"),
+        "input_form": gate_cfg.get("input_form", "concat"),
+        "scope": gate_cfg.get("scope", "sequence"),
+        "temperature": dict(gate_cfg.get("temperature") or {}),
+        "init_std": float(gate_cfg.get("init_std", 0.0)),
+        **{key: gate_cfg.get(key) or default for key, default in DEFAULT_READING.items()},
+    }
+    check_granularity(gate["granularity"], "composer.gate.granularity")
+    if gate["input_form"] not in INPUT_FORMS:
+        raise ValueError(f"composer.gate.input_form={gate['input_form']!r} is not one of {list(INPUT_FORMS)}")
+    if gate["scope"] not in SCOPES:
+        raise ValueError(f"composer.gate.scope={gate['scope']!r} is not one of {list(SCOPES)}")
+    check_reading(gate["input_form"], gate["expert_output"], gate["normalization"])
+    return gate
 
 
 def attach_router(

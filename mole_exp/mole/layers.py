@@ -16,7 +16,6 @@ import torch.nn as nn
 
 from mole_exp.experts.bank import TargetExperts
 from mole_exp.mole import rank_space
-from mole_exp.mole.gates import IMPLEMENTATIONS
 from mole_exp.mole.interface import GateInputs, WeightSource
 
 
@@ -32,9 +31,7 @@ class MoLELinear(nn.Module):
         implementation: str = "rank_space",
     ):
         super().__init__()
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"composer.implementation={implementation!r} is not one of {list(IMPLEMENTATIONS)}")
-        self.implementation = implementation  # how this layer mixes (the same math, see mole/gates.py)
+        self.implementation = implementation  # checked by inject.check_implementation; how this layer mixes (the same math, see mole/gates.py)
         self.base_layer = base_layer
         device, dtype = base_layer.weight.device, expert_dtype or base_layer.weight.dtype
         # frozen experts: buffers, not parameters, and not saved in checkpoints (they come from the library)
