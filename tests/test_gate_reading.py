@@ -48,9 +48,9 @@ class ObviousMoLE:
     def forward(self, layer: MoLELinear, x: torch.Tensor) -> torch.Tensor:
         y = x @ layer.base_layer.weight.T  # W x (T5's linears have no bias)
         deltas = [layer.scaling[i] * (x @ layer.lora_A[i].T @ layer.lora_B[i].T) for i in range(layer.num_experts)]
-        if layer.gate_key not in self.gates:
-            self.gates[layer.gate_key] = self.gate(layer, y, deltas)
-        weights = self.gates[layer.gate_key]
+        if layer.scope not in self.gates:
+            self.gates[layer.scope] = self.gate(layer, y, deltas)
+        weights = self.gates[layer.scope]
         return y + sum(weights[..., i : i + 1] * delta for i, delta in enumerate(deltas))
 
     @staticmethod
@@ -60,7 +60,7 @@ class ObviousMoLE:
         return (features - mean) / torch.sqrt(variance + 1e-5)
 
     def gate(self, layer: MoLELinear, y: torch.Tensor, deltas: list[torch.Tensor]) -> torch.Tensor:
-        gate = self.router.gate(layer.gate_key)
+        gate = self.router.gate(layer.scope)
         outputs = [y + delta if self.expert_output == "full" else delta for delta in deltas]
         if self.normalization == "joint":
             normalized = self.layer_norm(torch.cat(outputs, dim=-1))  # (B, T, N*d)

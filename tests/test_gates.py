@@ -59,7 +59,7 @@ def test_each_granularity_builds_the_expected_number_of_gates(tiny_bank, granula
     assert len(router.gates) == EXPECTED_GATES[granularity]
     adapted = [m for m in base.model.modules() if isinstance(m, MoLELinear)]
     assert len(adapted) == 12
-    assert {m.gate_key for m in adapted} == set(router.scopes)
+    assert {m.scope for m in adapted} == set(router.scopes)
 
 
 def test_all_linear_targets_gate_counts(cache_dir):

@@ -21,7 +21,7 @@ class GatedLinear(Protocol):
     """What the router reads of an adapted linear (a MoLELinear)."""
 
     module_name: str  # its name in the model
-    gate_key: str  # the scope of its gate
+    scope: str  # its gate's scope: the gate it belongs to (ModelFamily.scope), shared by the linears of one scope
     stream: str  # the name of the token stream it reads (ModelFamily.streams)
     lora_A: torch.Tensor  # (N, r, d_in)
     lora_B: torch.Tensor  # (N, d_out, r)

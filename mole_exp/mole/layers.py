@@ -25,7 +25,7 @@ class MoLELinear(nn.Module):
         base_layer: nn.Linear,
         experts: TargetExperts,
         module_name: str,
-        gate_key: str,
+        scope: str,
         stream: str,
         expert_dtype: torch.dtype | None = None,
         implementation: str = "rank_space",
@@ -38,7 +38,7 @@ class MoLELinear(nn.Module):
         self.register_buffer("lora_A", experts.lora_A.to(device, dtype), persistent=False)  # (N, r, d_in)
         self.register_buffer("lora_B", experts.lora_B.to(device, dtype), persistent=False)  # (N, d_out, r)
         self.register_buffer("scaling", experts.scaling.to(device, dtype), persistent=False)  # (N,)
-        self.module_name, self.gate_key, self.stream = module_name, gate_key, stream
+        self.module_name, self.scope, self.stream = module_name, scope, stream
         self._router: list[WeightSource] = []  # held in a list so the router is not registered as a child
 
     @property
@@ -70,7 +70,7 @@ class MoLELinear(nn.Module):
         return base_output + mixed.to(base_output.dtype)  # Eq. 13
 
     def extra_repr(self) -> str:
-        return f"experts={self.num_experts}, rank={self.lora_A.shape[1]}, gate={self.gate_key!r}, stream={self.stream}, implementation={self.implementation}"
+        return f"experts={self.num_experts}, rank={self.lora_A.shape[1]}, gate={self.scope!r}, stream={self.stream}, implementation={self.implementation}"
 
 
 def _mix_stacked(layer: MoLELinear, hidden: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:

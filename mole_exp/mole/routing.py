@@ -28,7 +28,9 @@ from mole_exp.mole.interface import GatedLinear, GateInputs, GateRecord, GateWei
 
 
 def module_key(scope: str) -> str:
-    """ModuleDict keys cannot hold '.' (a.b.0 -> a_b_0) and ':' is written '__' (x:memory -> x__memory)."""
+    """A scope as a ModuleDict key, which cannot hold '.' (a.b.0 -> a_b_0); ':' is written '__' (x:memory ->
+    x__memory). Only the spelling of the gates' keys in the module tree (so in gates checkpoints, which must keep
+    loading): everywhere else a gate is named by its scope."""
     return scope.replace(":", "__").replace(".", "_")
 
 
@@ -109,7 +111,7 @@ class Router(nn.Module):
         The logits come from `inputs.expert_outputs` (stacked reference), else from `inputs.rank_inputs` u = A x,
         else (implementation rank_space) from x with u recomputed in backward, and that u is handed back for the
         layer's mix. `inputs.base_output` (B, T, d_out) = W x is read only by gates with expert_output=full (Eq. 8)."""
-        scope = layer.gate_key
+        scope = layer.scope
         probs = self._pass_probs.get(scope)
         if probs is not None:
             return GateWeights(probs)

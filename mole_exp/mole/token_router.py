@@ -72,7 +72,7 @@ class TopKRouter(Router):
 
     def gate_weights(self, layer: GatedLinear, inputs: GateInputs) -> GateWeights:
         """(B, T, N) top-k weights per token; computed once per scope and pass, reused by its other linears."""
-        scope = layer.gate_key
+        scope = layer.scope
         routed = self._pass_probs.get(scope)
         if routed is not None:
             return GateWeights(routed)

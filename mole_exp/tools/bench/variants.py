@@ -57,7 +57,7 @@ class LoopMoLELinear(MoLELinear):
     @classmethod
     def from_layer(cls, layer: MoLELinear) -> LoopMoLELinear:
         experts = TargetExperts(layer.lora_A, layer.lora_B, layer.scaling)
-        loop = cls(layer.base_layer, experts, layer.module_name, layer.gate_key, layer.stream, layer.lora_A.dtype)
+        loop = cls(layer.base_layer, experts, layer.module_name, layer.scope, layer.stream, layer.lora_A.dtype)
         loop.bind(layer.router)
         return loop
 
