@@ -14,7 +14,7 @@ import torch
 from mole_exp.composers.mole import MoLEComposer
 from mole_exp.mole.gates import Gate
 from mole_exp.mole.inject import inject_mole
-from mole_exp.mole.layers import MoLELinear
+from mole_exp.mole.linear import MoLELinear
 from tests.conftest import make_tiny
 from tests.test_gates import batch, gate_cfg, randomise_gates
 

@@ -12,7 +12,7 @@ import torch
 from mole_exp.experts.loading import load_experts
 from mole_exp.mole.gates import Gate, balance_loss
 from mole_exp.mole.inject import inject_mole
-from mole_exp.mole.layers import MoLELinear
+from mole_exp.mole.linear import MoLELinear
 from tests.conftest import make_tiny, tiny_experts_cfg
 
 GATE = {"granularity": "layer", "input_form": "concat", "scope": "sequence", "temperature": {"init": 1.0}}

@@ -1,4 +1,4 @@
-"""The MoLE mechanism: gates (Eqs. 9-11), the mixing layer (Eqs. 12-13), the router, injection into a base.
+"""The MoLE mechanism: gates (Eqs. 9-11), the mixing linear (Eqs. 12-13), the router, injection into a base.
 
 Imports only base/ and experts/; composers turn a config into these objects.
 """

@@ -19,7 +19,7 @@ instead of N*d*N) and `hidden` (the authors' released code: logits from the Laye
 
 What E_i is and how it is normalised are two switches (the expert-output forms only):
   `expert_output`: `delta` (default) E_i = s_i B_i A_i x, the LoRA's delta; `full` E_i = W x + s_i B_i A_i x,
-                   the layer's output with LoRA i applied (Eq. 8 read literally: the base output included);
+                   the linear's output with LoRA i applied (Eq. 8 read literally: the base output included);
   `normalization`: `per_expert` (default) one LayerNorm per E_i over its d features; `joint` one LayerNorm
                    over the concatenation E_0 (+) ... (+) E_{N-1} of a token, N*d features (Eq. 9 read literally).
 `full` + `joint` is the literal reading of Eqs. 8-9.

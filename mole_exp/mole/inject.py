@@ -18,7 +18,7 @@ from mole_exp.base.family import check_granularity
 from mole_exp.base.models import BaseModel
 from mole_exp.experts.bank import ExpertBank
 from mole_exp.mole.gates import DEFAULT_READING, IMPLEMENTATIONS, INPUT_FORMS, SCOPES, Gate, check_reading
-from mole_exp.mole.layers import MoLELinear
+from mole_exp.mole.linear import MoLELinear
 from mole_exp.mole.routing import Router
 
 
@@ -109,19 +109,19 @@ def attach_router(
     """Wrap each named linear in a MoLELinear (its experts, its gate scope, its token stream) and attach
     `router` as `model.<attribute>`, the prefix of every trainable parameter."""
     model, family = base.model, base.family
-    layers = []
+    linears = []
     for name in module_names:
         parent_name, _, leaf = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         stream = family.position(name).stream
-        layers.append(
+        linears.append(
             MoLELinear(getattr(parent, leaf), bank.targets[name], name, family.scope(name, granularity), stream, expert_dtype, implementation)
         )
-        setattr(parent, leaf, layers[-1])
+        setattr(parent, leaf, linears[-1])
     router = router.to(next(model.parameters()).device)
     model.add_module(attribute, router)
-    for layer in layers:
-        layer.bind(router)
+    for linear in linears:
+        linear.bind(router)
     router.attach(model, family.streams)
     return router
 
@@ -134,8 +134,8 @@ def remove(base: BaseModel, router: Router) -> None:
     if attribute is None:
         raise ValueError(f"{type(router).__name__} is not attached to this model (removed already, or injected into another)")
     router.detach()
-    for name, layer in list(model.named_modules()):
-        if isinstance(layer, MoLELinear) and layer.router is router:
+    for name, module in list(model.named_modules()):
+        if isinstance(module, MoLELinear) and module.router is router:
             parent_name, _, leaf = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), leaf, layer.base_layer)
+            setattr(model.get_submodule(parent_name), leaf, module.base_layer)
     delattr(model, attribute)

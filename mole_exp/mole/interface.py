@@ -1,12 +1,12 @@
-"""The one small interface between the mixing layer (mole/layers.py) and the router (mole/routing.py, and the
+"""The one small interface between the mixing linear (mole/linear.py) and the router (mole/routing.py, and the
 mixer's mole/token_router.py): neither imports the other.
 
-    layer  -> router   router.gate_weights(layer, GateInputs(...)) -> GateWeights     once per forward of a linear
+    linear -> router   router.gate_weights(linear, GateInputs(...))  -> GateWeights     once per forward of a linear
     router -> records  GateRecord per gate evaluation (training, or inside `router.collect()`)
 
-The layer hands over what it computed anyway (x, W x, and, depending on its implementation, u = A x or the
+The linear hands over what it computed anyway (x, W x, and, depending on its implementation, u = A x or the
 stacked expert outputs); the router answers with the weights and, when its gate computed u = A x from x, that u
-for the layer's mix to reuse (so it is not computed twice).
+for the linear's mix to reuse (so it is not computed twice).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class GateInputs:
 
     hidden: torch.Tensor  # x (B, T, d_in)
     base_output: torch.Tensor  # W x (B, T, d_out), read by gates with expert_output=full (Eq. 8)
-    rank_inputs: torch.Tensor | None = None  # u = A x (B, T, N, r), when the layer keeps it (rank_space_saved, stacked)
+    rank_inputs: torch.Tensor | None = None  # u = A x (B, T, N, r), when the linear keeps it (rank_space_saved, stacked)
     expert_outputs: torch.Tensor | None = None  # s_i B_i u_i (B, T, N, d_out) (stacked, the reference)
 
 
@@ -44,9 +44,9 @@ class GateWeights(NamedTuple):
 
 
 class WeightSource(Protocol):
-    """A router, as a mixing layer sees it."""
+    """A router, as a mixing linear sees it."""
 
-    def gate_weights(self, layer: GatedLinear, inputs: GateInputs) -> GateWeights: ...
+    def gate_weights(self, linear: GatedLinear, inputs: GateInputs) -> GateWeights: ...
 
 
 class GateRecord(NamedTuple):

@@ -105,27 +105,27 @@ class Router(nn.Module):
 
     # ------------------------------------------------------------------ the gate weights of one linear
 
-    def gate_weights(self, layer: GatedLinear, inputs: GateInputs) -> GateWeights:
+    def gate_weights(self, linear: GatedLinear, inputs: GateInputs) -> GateWeights:
         """(B, 1, N) for sequence-scope gates of a bidirectional stream, (B, T, N) for a causal stream or token scope.
 
         The logits come from `inputs.expert_outputs` (stacked reference), else from `inputs.rank_inputs` u = A x,
         else (implementation rank_space) from x with u recomputed in backward, and that u is handed back for the
-        layer's mix. `inputs.base_output` (B, T, d_out) = W x is read only by gates with expert_output=full (Eq. 8)."""
-        scope = layer.scope
+        linear's mix. `inputs.base_output` (B, T, d_out) = W x is read only by gates with expert_output=full (Eq. 8)."""
+        scope = linear.scope
         probs = self._pass_probs.get(scope)
         if probs is not None:
             return GateWeights(probs)
-        if self.gate_inputs[scope] != layer.module_name:
+        if self.gate_inputs[scope] != linear.module_name:
             raise RuntimeError(
-                f"gate {scope!r} is computed at {self.gate_inputs[scope]!r}, but {layer.module_name!r} ran first"
+                f"gate {scope!r} is computed at {self.gate_inputs[scope]!r}, but {linear.module_name!r} ran first"
             )
         gate = self.gate(scope)
         hidden, rank_inputs, expert_outputs = inputs.hidden, inputs.rank_inputs, inputs.expert_outputs
         base_output = inputs.base_output if gate.reads_base_output else None
-        computed = None  # u = A x, when computed here for the layer's mix
+        computed = None  # u = A x, when computed here for the linear's mix
         if gate.input_form != "hidden" and expert_outputs is None and rank_inputs is None:
             token_logits, computed = rank_space.token_logits(
-                gate, hidden, layer.lora_A, layer.lora_B, layer.scaling, base_output=base_output
+                gate, hidden, linear.lora_A, linear.lora_B, linear.scaling, base_output=base_output
             )
         else:
             # gate statistics (means, variances) in float32 even under bf16 autocast: they cancel badly in bf16
@@ -135,18 +135,18 @@ class Router(nn.Module):
                 elif expert_outputs is not None:
                     token_logits = gate.token_logits_stacked(expert_outputs, base_output)
                 else:
-                    token_logits = gate.token_logits_rank_space(rank_inputs, layer.lora_B, layer.scaling, base_output)
+                    token_logits = gate.token_logits_rank_space(rank_inputs, linear.lora_B, linear.scaling, base_output)
         if gate.scope == "token":
             pooled = token_logits
-        elif self.streams[layer.stream].causal:  # prefix mean, continued across cached steps
-            offset = self._offsets[layer.stream]
+        elif self.streams[linear.stream].causal:  # prefix mean, continued across cached steps
+            offset = self._offsets[linear.stream]
             previous = self._running.get(scope) if offset > 0 else None
             if offset > 0 and (previous is None or previous[1] != offset):
                 raise RuntimeError(f"gate {scope!r}: cached decoding at offset {offset} without its running state")
             pooled, running_sum = pool_causal(token_logits, previous[0] if previous else None, offset)
-            self._running[scope] = (running_sum.detach(), offset + token_logits.shape[1], layer.stream)
+            self._running[scope] = (running_sum.detach(), offset + token_logits.shape[1], linear.stream)
         else:
-            pooled = pool_bidirectional(token_logits, self._stream_masks[layer.stream])
+            pooled = pool_bidirectional(token_logits, self._stream_masks[linear.stream])
         probs = gate.probabilities(pooled, self.expert_mask)
         self._pass_probs[scope] = probs
         if self.training or self.collecting:

@@ -1,4 +1,4 @@
-"""TopKRouter: per-token hard-soft routing over the frozen experts of MoLELinear layers.
+"""TopKRouter: per-token hard-soft routing over the frozen experts of MoLELinear modules.
 
 For each token x (the input of the first adapted linear of a router's scope):
     p(x)  = softmax(LayerNorm(x) W_r / tau)                    (B, T, N)  soft router probabilities
@@ -70,9 +70,9 @@ class TopKRouter(Router):
         mask = self._stream_masks.get(stream)  # bidirectional streams only (the family's); causal: every position counts
         return mask if mask is not None and mask.shape == soft.shape[:-1] else None
 
-    def gate_weights(self, layer: GatedLinear, inputs: GateInputs) -> GateWeights:
+    def gate_weights(self, linear: GatedLinear, inputs: GateInputs) -> GateWeights:
         """(B, T, N) top-k weights per token; computed once per scope and pass, reused by its other linears."""
-        scope = layer.scope
+        scope = linear.scope
         routed = self._pass_probs.get(scope)
         if routed is not None:
             return GateWeights(routed)
@@ -82,7 +82,7 @@ class TopKRouter(Router):
         self._pass_probs[scope] = routed
         if self.training or self.collecting:
             keep = (lambda t: t) if self.training else (lambda t: t.detach())
-            self.records.append(GateRecord(scope, keep(soft), keep(routed), self._valid_mask(layer.stream, soft)))
+            self.records.append(GateRecord(scope, keep(soft), keep(routed), self._valid_mask(linear.stream, soft)))
         return GateWeights(routed)
 
     @staticmethod

@@ -14,7 +14,7 @@ from mole_exp.experts.bank import ExpertBank, TargetExperts
 from mole_exp.mole import rank_space
 from mole_exp.mole.inject import inject_mole, remove
 from mole_exp.mole.interface import GateInputs
-from mole_exp.mole.layers import MoLELinear
+from mole_exp.mole.linear import MoLELinear
 
 VARIANTS = ("rank_space", "rank_space_saved", "stacked", "loop", "peft")
 MOLE_VARIANTS = ("rank_space", "rank_space_saved", "stacked", "loop")
@@ -55,10 +55,10 @@ class LoopMoLELinear(MoLELinear):
     MoLELinear's."""
 
     @classmethod
-    def from_layer(cls, layer: MoLELinear) -> LoopMoLELinear:
-        experts = TargetExperts(layer.lora_A, layer.lora_B, layer.scaling)
-        loop = cls(layer.base_layer, experts, layer.module_name, layer.scope, layer.stream, layer.lora_A.dtype)
-        loop.bind(layer.router)
+    def from_linear(cls, linear: MoLELinear) -> LoopMoLELinear:
+        experts = TargetExperts(linear.lora_A, linear.lora_B, linear.scaling)
+        loop = cls(linear.base_layer, experts, linear.module_name, linear.scope, linear.stream, linear.lora_A.dtype)
+        loop.bind(linear.router)
         return loop
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -100,7 +100,7 @@ def inject_variant(base: BaseModel, bank: ExpertBank, gate_cfg: dict[str, Any], 
         for name in bank.targets:
             parent_name, _, leaf = name.rpartition(".")
             parent = base.model.get_submodule(parent_name)
-            setattr(parent, leaf, LoopMoLELinear.from_layer(getattr(parent, leaf)))
+            setattr(parent, leaf, LoopMoLELinear.from_linear(getattr(parent, leaf)))
     return router
 
 

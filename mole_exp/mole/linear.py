@@ -31,7 +31,7 @@ class MoLELinear(nn.Module):
         implementation: str = "rank_space",
     ):
         super().__init__()
-        self.implementation = implementation  # checked by inject.check_implementation; how this layer mixes (the same math, see mole/gates.py)
+        self.implementation = implementation  # checked by inject.check_implementation; how this linear mixes (the same math, see mole/gates.py)
         self.base_layer = base_layer
         device, dtype = base_layer.weight.device, expert_dtype or base_layer.weight.dtype
         # frozen experts: buffers, not parameters, and not saved in checkpoints (they come from the library)
@@ -73,28 +73,28 @@ class MoLELinear(nn.Module):
         return f"experts={self.num_experts}, rank={self.lora_A.shape[1]}, gate={self.scope!r}, stream={self.stream}, implementation={self.implementation}"
 
 
-def _mix_stacked(layer: MoLELinear, hidden: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
+def _mix_stacked(linear: MoLELinear, hidden: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
     """The reference: the expert outputs E (B, T, N, d_out) materialised, the gate reads them."""
     dtype = rank_space.compute_dtype(hidden)  # experts may be held in another dtype (composer.expert_dtype)
-    rank_inputs = rank_space.rank_inputs(hidden, layer.lora_A.to(dtype))  # (B, T, N, r): u_i = A_i x
-    expert_outputs = torch.einsum("btnr,nor->btno", rank_inputs, layer.lora_B.to(dtype)) * layer.scaling[:, None]  # (B, T, N, d_out)
-    weights = layer.router.gate_weights(layer, GateInputs(hidden, base_output, rank_inputs, expert_outputs)).weights  # (B, T or 1, N)
+    rank_inputs = rank_space.rank_inputs(hidden, linear.lora_A.to(dtype))  # (B, T, N, r): u_i = A_i x
+    expert_outputs = torch.einsum("btnr,nor->btno", rank_inputs, linear.lora_B.to(dtype)) * linear.scaling[:, None]  # (B, T, N, d_out)
+    weights = linear.router.gate_weights(linear, GateInputs(hidden, base_output, rank_inputs, expert_outputs)).weights  # (B, T or 1, N)
     return torch.einsum("btno,btn->bto", expert_outputs, weights.to(expert_outputs.dtype))
 
 
-def _mix_rank_space_saved(layer: MoLELinear, hidden: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
+def _mix_rank_space_saved(linear: MoLELinear, hidden: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
     """B_cat diag(g * s (x) 1_r) A_cat x: one rank-N*r LoRA with per-example weights in r-space, u kept for backward."""
     dtype = rank_space.compute_dtype(hidden)
-    rank_inputs = rank_space.rank_inputs(hidden, layer.lora_A.to(dtype))  # (B, T, N, r)
-    weights = layer.router.gate_weights(layer, GateInputs(hidden, base_output, rank_inputs)).weights  # (B, T or 1, N)
-    weighted = rank_inputs * (weights.to(rank_inputs.dtype) * layer.scaling)[..., None]  # (B, T, N, r)
-    return torch.einsum("btnr,nor->bto", weighted, layer.lora_B.to(dtype))
+    rank_inputs = rank_space.rank_inputs(hidden, linear.lora_A.to(dtype))  # (B, T, N, r)
+    weights = linear.router.gate_weights(linear, GateInputs(hidden, base_output, rank_inputs)).weights  # (B, T or 1, N)
+    weighted = rank_inputs * (weights.to(rank_inputs.dtype) * linear.scaling)[..., None]  # (B, T, N, r)
+    return torch.einsum("btnr,nor->bto", weighted, linear.lora_B.to(dtype))
 
 
-def _mix_rank_space(layer: MoLELinear, hidden: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
+def _mix_rank_space(linear: MoLELinear, hidden: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
     """The same contraction; backward recomputes u from x (mole/rank_space.py), and u from the gate is reused."""
-    weights, known = layer.router.gate_weights(layer, GateInputs(hidden, base_output))  # (B, T or 1, N), u or None
-    return rank_space.mix(hidden, layer.lora_A, layer.lora_B, weights * layer.scaling, known)
+    weights, known = linear.router.gate_weights(linear, GateInputs(hidden, base_output))  # (B, T or 1, N), u or None
+    return rank_space.mix(hidden, linear.lora_A, linear.lora_B, weights * linear.scaling, known)
 
 
 MIXES = {"stacked": _mix_stacked, "rank_space_saved": _mix_rank_space_saved, "rank_space": _mix_rank_space}
