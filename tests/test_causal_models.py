@@ -69,7 +69,7 @@ def test_every_block_linear_of_each_causal_family_has_a_position(kind):
     for name in names:
         position = family.position(name)
         assert position.stream == "decoder" and position.stack == "model"
-        assert position.layer == (0 if position.sublayer == "self_attn" else 1)
+        assert position.sublayer_index == (0 if position.sublayer == "self_attn" else 1)
     assert family.num_blocks(model, "model") == 3
     assert family.depth_fraction(model, "model.layers.2.mlp.down_proj") == (2 / 3, 1.0)
     assert family.scope("model.layers.1.self_attn.o_proj", "layer") == "model.block.1.layer.0"

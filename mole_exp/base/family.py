@@ -72,7 +72,7 @@ class ModulePosition:
     name: str  # full module name, e.g. "encoder.block.3.layer.0.SelfAttention.q" or "model.layers.3.self_attn.q_proj"
     stack: str  # "encoder" | "decoder" (T5) | "model" (causal LMs)
     block: int  # block index inside its stack
-    layer: int  # sub-layer index inside the block (T5: 0 self-attn, 1 cross-attn or FFN, 2 FFN; causal: 0 self_attn, 1 mlp)
+    sublayer_index: int  # the sub-layer's index inside the block (T5: 0 self-attn, 1 cross-attn or FFN, 2 FFN; causal: 0 self_attn, 1 mlp)
     sublayer: str  # "SelfAttention" | "EncDecAttention" | "DenseReluDense" | "self_attn" | "mlp"
     projection: str  # "q", "v", "wi_0", "q_proj", "qkv_proj", ...
     causal_lm: bool = False  # a decoder-only model: every linear reads the one causal stream
@@ -123,12 +123,12 @@ class ModelFamily:
                 f"(expected a name matching {self.module_pattern.pattern})"
             )
         groups = match.groupdict()
-        layer = int(groups["layer"]) if groups.get("layer") is not None else dict(self.sublayer_index)[match["sublayer"]]
+        sublayer_index = int(groups["layer"]) if groups.get("layer") is not None else dict(self.sublayer_index)[match["sublayer"]]
         return ModulePosition(
             name=module_name,
             stack=match["stack"],
             block=int(match["block"]),
-            layer=layer,
+            sublayer_index=sublayer_index,
             sublayer=match["sublayer"],
             projection=match["projection"],
             causal_lm=self.causal,
@@ -146,7 +146,7 @@ class ModelFamily:
             return module_name
         suffix = ":memory" if pos.stream == "memory" else ""
         if granularity == "layer":
-            return f"{pos.stack}.block.{pos.block}.layer.{pos.layer}{suffix}"
+            return f"{pos.stack}.block.{pos.block}.layer.{pos.sublayer_index}{suffix}"
         if granularity == "block":
             return f"{pos.stack}.block.{pos.block}{suffix}"
         if granularity == "network":
