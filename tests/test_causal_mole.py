@@ -129,6 +129,24 @@ def test_mole_greedy_outputs_do_not_depend_on_padding_or_batching(architecture, 
     assert torch.equal(right_logits[torch.arange(len(SOURCES)), lengths - 1].argmax(-1), first)
 
 
+@needs_tokenizer("qwen2.5")
+def test_pads_do_not_count_in_the_balance_loss_or_the_statistics(cache_dir):
+    """q of Eq. 15 averages the gate weights of the valid positions of a right-padded batch only."""
+    base, _, router = composed("qwen2", cache_dir)
+    batch = causal_batch(base.tokenizer)
+    base.model.train()
+    base.model(**batch)
+    records = router.pop_records()
+    assert records and all(torch.equal(record.valid, batch["attention_mask"]) for record in records)
+    valid = batch["attention_mask"].bool()
+    expected = torch.stack([record.probs.detach()[valid].mean(dim=0) for record in records]).mean(dim=0)
+    torch.testing.assert_close(router.mean_probabilities(records).detach(), expected)
+    everything = torch.stack([record.probs.detach().reshape(-1, record.probs.shape[-1]).mean(dim=0) for record in records]).mean(dim=0)
+    assert (everything - expected).abs().max() > 1e-4  # the pads would have moved q
+    stats = router.statistics(records)
+    torch.testing.assert_close(torch.tensor(stats[records[0].scope]["weights"]), records[0].probs.detach()[valid].mean(dim=0))
+
+
 @with_tokenizers
 @pytest.mark.parametrize(("scope", "num_beams"), [("sequence", 1), ("sequence", 3), ("token", 1)])
 def test_mole_generation_with_and_without_kv_cache_is_identical(architecture, scope, num_beams, cache_dir):

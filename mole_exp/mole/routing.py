@@ -41,6 +41,15 @@ def valid_rows(tensor: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor
     return flat[valid.reshape(-1).bool()]
 
 
+def valid_mean(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the first two dims (examples, positions), of the valid positions only: (B, T, ...) -> (...). A weighted mean,
+    so no host sync (boolean indexing would need one per gate)."""
+    if valid is None or valid.shape != values.shape[:2]:
+        return values.reshape(-1, *values.shape[2:]).mean(dim=0)
+    weights = valid.to(values.dtype).reshape(*valid.shape, *([1] * (values.dim() - 2)))  # (B, T, 1...)
+    return (values * weights).sum(dim=(0, 1)) / weights.sum().clamp_min(1.0)
+
+
 class Router(nn.Module):
     def __init__(self, gates: dict[str, Gate], gate_inputs: dict[str, str], num_experts: int):
         super().__init__()
@@ -210,7 +219,7 @@ class Router(nn.Module):
     @staticmethod
     def mean_probabilities(records: list[GateRecord]) -> torch.Tensor:
         """q of Eq. 15: each expert's probability averaged over gating functions, examples and positions."""
-        per_gate = [valid_rows(record.probs.float(), record.valid).mean(dim=0) for record in records]
+        per_gate = [valid_mean(record.probs.float(), record.valid) for record in records]
         return torch.stack(per_gate).mean(dim=0)  # (N,)
 
     def balance_loss(self, records: list[GateRecord]) -> torch.Tensor:
@@ -223,9 +232,9 @@ class Router(nn.Module):
         Computed on the device and copied to the host once (one sync per call, not one per gate)."""
         if not records:
             return {}
-        flats = [valid_rows(record.probs.detach().float(), record.valid) for record in records]
-        means = torch.stack([flat.mean(dim=0) for flat in flats])  # (G, N)
-        entropies = torch.stack([entropy(flat).mean() for flat in flats])  # (G,)
+        probs = [(record.probs.detach().float(), record.valid) for record in records]
+        means = torch.stack([valid_mean(p, valid) for p, valid in probs])  # (G, N)
+        entropies = torch.stack([valid_mean(entropy(p), valid) for p, valid in probs])  # (G,)
         table = torch.cat([means, entropies[:, None]], dim=1).cpu().tolist()  # the one host copy
         return {scope: {"weights": row[:-1], "entropy": row[-1]} for record, row in zip(records, table, strict=True) for scope in [record.scope]}
 
