@@ -170,3 +170,66 @@ def test_bad_gate_readings_are_refused(readings, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--gate-readings", readings])
     assert "--gate-readings" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- --family causal: a decoder-only shape
+
+
+def test_the_causal_family_times_mole_on_a_decoder_only_shape(tmp_path):
+    """--family causal: a random Llama-shaped LM, prompt + target in one right-padded sequence; every variant runs,
+    generation counts only new tokens, and rank-space / stacked / loop / PEFT compute the same function."""
+    out = tmp_path / "causal.json"
+    result = load_script_main()([
+        "--family", "causal", "--model", "tiny-causal", "--device", "cpu", "--experts", "2", "--targets", "qv,all",
+        "--batch", "3", "--source-len", "10", "--target-len", "4", "--repeats", "1", "--warmup", "0",
+        "--gen-tokens", "3", "--gen-repeats", "1", "--threads", "1", "--out", str(out),
+    ])
+    on_disk = json.loads(out.read_text())
+    settings = on_disk["settings"]
+    assert settings["family"] == "causal" and settings["model"] == "tiny-causal"
+    assert settings["model_config"]["num_hidden_layers"] == 2 and settings["model_config"]["architecture"] == "llama"
+    assert on_disk["base"]["generation"]["new_tokens"] == 3
+    configs = {(c["targets"], c["experts"], c["variant"]): c for c in on_disk["configs"]}
+    assert set(configs) == {(t, 2, v) for t in TARGETS for v in ("base", *VARIANTS)}
+    assert all(c["status"] == "ok" and c["losses_finite"] for c in configs.values()), {k: c.get("reason") for k, c in configs.items()}
+    # every block linear of the tiny Llama: 2 blocks x 7 projections; q/v: 2 x 2 (one gate per sub-layer: 2 x 1)
+    assert configs[("all", 2, "rank_space")]["gates"] == 4 and configs[("qv", 2, "rank_space")]["gates"] == 2
+    for row in result["agreement"]:
+        for pair in ("rank_space_vs_stacked", "saved_vs_rank_space", "loop_vs_rank_space", "peft_vs_mole_uniform_gates"):
+            assert row[pair]["logits_max_rel_diff"] < 1e-4, (row["targets"], pair)
+    assert "decoder-only" in out.with_suffix(".md").read_text()
+
+
+def test_causal_presets_and_overrides_build_the_named_shape():
+    import torch
+
+    from mole_exp.tools.bench.workload import CAUSAL_SHAPES, build_bench_model, make_batch
+
+    base = build_bench_model("causal", "qwen2.5-0.5b", torch.device("cpu"), torch.float32, 0.0, 0, layers=1,
+                             overrides={"vocab_size": 512})
+    config = base.model.config
+    assert (config.model_type, config.hidden_size, config.intermediate_size, config.num_attention_heads, config.num_key_value_heads,
+            config.num_hidden_layers, config.vocab_size) == ("qwen2", 896, 4864, 14, 2, 1, 512)
+    assert base.family.causal and base.model.lm_head.weight is base.model.get_input_embeddings().weight  # Qwen2.5-0.5B ties them
+    assert CAUSAL_SHAPES["llama-3.2-1b"]["hidden_size"] == 2048 and CAUSAL_SHAPES["llama-3.2-1b"]["num_key_value_heads"] == 8
+    batch = make_batch(base, 3, 8, 2, 512, torch.device("cpu"), 0)
+    lengths = batch["prompt_lengths"]
+    assert lengths[0] == 8 and batch["input_ids"].shape == (3, 10)
+    assert ((batch["labels"] != -100).sum(1) == 2).all()  # the loss on the 2 target tokens of each row
+    assert batch["attention_mask"].sum(1).tolist() == (lengths + 2).tolist()  # right padding after prompt + target
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--family", "causal", "--model", "flan-t5-large"], "is not a causal shape"),
+    (["--model", "qwen2.5-0.5b"], "is not a t5 shape"),
+    (["--set", "hidden_size=64"], "applies to --family causal only"),
+    (["--family", "causal", "--set", "width=64"], "expected key=<positive integer>"),
+    (["--family", "causal", "--set", "num_attention_heads=5"], "must split"),
+    (["--family", "causal", "--targets", "wo"], "--targets: 'wo' is not one of"),
+])
+def test_bad_family_options_are_refused(argv, message, capsys):
+    from mole_exp.tools.bench.cli import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert message in capsys.readouterr().err

@@ -54,15 +54,15 @@ def test_the_router_takes_its_streams_from_the_family(tiny_bank):
     import pytest
     import torch
 
-    from mole_exp.base.family import T5_FAMILY, Stream
+    from mole_exp.base.family import CAUSAL_FAMILY, T5_FAMILY, Stream
     from mole_exp.mole.inject import inject_mole, remove
     from tests.conftest import make_tiny
 
     assert [(s.name, s.module, s.mask_argument, s.causal) for s in T5_FAMILY.streams] == [
         ("encoder", "encoder", "attention_mask", False), ("decoder", "decoder", None, True),
         ("memory", "decoder", "encoder_attention_mask", False)]
-    with pytest.raises(ValueError, match="causal stream with a valid-token mask"):
-        Stream(name="tokens", module="model", mask_argument="attention_mask", causal=True)
+    # a decoder-only family: one causal stream whose gates skip the pads of its attention_mask (mole/gates.py pool_causal)
+    assert CAUSAL_FAMILY.streams == (Stream(name="decoder", module="model", mask_argument="attention_mask", causal=True),)
     base = make_tiny()
     router = inject_mole(base, tiny_bank, {"granularity": "network", "init_std": 0.5})
     hooked = {name for name, module in base.model.named_modules() if module._forward_pre_hooks}

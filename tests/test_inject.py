@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mole_exp.mole.inject import inject_mole, remove
-from tests.conftest import make_tiny
+from tests.conftest import make_tiny, needs_tokenizer
 
 HOOK_DICTS = (
     "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks", "_forward_hooks_with_kwargs",
@@ -135,3 +135,29 @@ def test_release_gives_back_the_base_bit_for_bit(tiny_bank, name):
     assert no_hooks_anywhere(model)
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, base_logits)
+
+
+@pytest.mark.parametrize("architecture", [
+    pytest.param(a, marks=needs_tokenizer(t), id=a) for a, t in (("llama", "llama3"), ("qwen2", "qwen2.5"))])
+@pytest.mark.parametrize("router_kind", ["mole", "mixer"])
+def test_remove_inverts_injection_on_a_causal_base(cache_dir, architecture, router_kind):
+    """The same on a decoder-only model: its one causal stream's hook (with its attention_mask), beam reordering."""
+    from mole_exp.composers.mixer import inject_mixer
+    from tests.test_causal_models import causal_batch, tiny_causal, tiny_causal_bank
+
+    base = tiny_causal(architecture)
+    bank = tiny_causal_bank(base, cache_dir)
+    model, batch = base.model, causal_batch(base.tokenizer)
+    assert no_hooks_anywhere(model)
+    before = snapshot(model)
+    with torch.no_grad():
+        base_logits = model(**batch).logits
+    if router_kind == "mole":
+        router = inject_mole(base, bank, {"granularity": "layer", "init_std": 0.5})
+    else:
+        router = inject_mixer(base, bank, "attention", "layer", top_k=2, init_std=0.5, temperature={"init": 1.0, "learnable": False})
+    with torch.no_grad():
+        assert not torch.equal(model(**batch).logits, base_logits)
+    exercise(model, batch)
+    remove(base, router)
+    assert_back_to_base(model, before, batch, base_logits)

@@ -24,7 +24,7 @@ import torch
 
 from mole_exp.reporting.lm_eval_results import lm_eval_values, read_results_file, results_files
 from mole_exp.training.pipeline import run
-from tests.conftest import DATA_DIR, ROOT, SMOKE, compose_cfg, needs_data
+from tests.conftest import DATA_DIR, ROOT, SMOKE, compose_cfg, needs_data, needs_tokenizer
 
 needs_lm_eval = pytest.mark.skipif(
     importlib.util.find_spec("lm_eval") is None,
@@ -370,13 +370,62 @@ def test_an_unsupported_family_is_one_clear_error(tiny_base):
     from mole_exp.harness.composed import Composed
     from mole_exp.harness.lm import ComposedLM
 
-    assert backend_for(tiny_base.family) == "seq2seq"
-    causal = replace(tiny_base.family, name="llama", model_types=("llama",))
-    message = r"the lm-eval bridge does not support model family 'llama' \(model types \['llama'\]\); supported families: t5 \(seq2seq\)"
+    from mole_exp.base.family import CAUSAL_FAMILY
+
+    assert backend_for(tiny_base.family) == "seq2seq" and backend_for(CAUSAL_FAMILY) == "causal"
+    other = replace(tiny_base.family, name="rwkv", model_types=("rwkv",))
+    message = (r"the lm-eval bridge does not support model family 'rwkv' \(model types \['rwkv'\]\); supported families: "
+               r"t5 \(seq2seq\), causal-lm \(causal\)")
     with pytest.raises(ValueError, match=message):
-        backend_for(causal)
+        backend_for(other)
     with pytest.raises(ValueError, match=message):
-        ComposedLM(composed=Composed(replace(tiny_base, family=causal), BaseOnlyComposer()))
+        ComposedLM(composed=Composed(replace(tiny_base, family=other), BaseOnlyComposer()))
+
+
+@needs_lm_eval
+@needs_tokenizer("llama3")
+def test_the_causal_backend_runs_a_composed_decoder_only_model(cache_dir):
+    """MoLE on the tiny Llama through HFLM's causal backend: greedy generations are the same at batch 1 and in left-padded
+    batches of 3 and equal the model's own greedy generation of each prompt alone; log-likelihoods (right-padded batches)
+    are a direct forward's of context + continuation in one sequence."""
+    from mole_exp.composers.mole import MoLEComposer
+    from mole_exp.harness.composed import Composed
+    from mole_exp.harness.lm import ComposedLM
+    from tests.test_causal_models import tiny_causal, tiny_causal_bank
+    from tests.test_gates import randomise_gates
+
+    base = tiny_causal("llama")
+    composer = MoLEComposer(gate=compose_cfg(["composer=mole"]).composer.gate)
+    composer.compose(base, tiny_causal_bank(base, cache_dir))
+    randomise_gates(composer.router, std=2.0)
+    composer.prepare_inference()
+    composed = Composed(base, composer, {"composer": "mole"}, max_length=256)
+    model = base.model.eval()
+    prompts = ["Premise: a cat sat on the mat. Hypothesis: a cat sat. Yes or no?", "Is the sky blue?",
+               "Translate to French: the house is blue and the garden is green", "Question: what colour is grass? Answer:"]
+    lm = ComposedLM(composed=composed, batch_size=3)
+    assert lm.backend == "causal" and lm.max_length == 256
+    expected = []
+    for prompt in prompts:
+        ids = torch.tensor([lm.tok_encode(prompt)])
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False)
+        expected.append(lm.tok_decode(out[0, ids.shape[1]:].tolist()))
+    assert len(set(expected)) > 1
+    assert generations(lm, [(p, 5) for p in prompts]) == expected
+    assert generations(ComposedLM(composed=composed, batch_size=1), [(p, 5) for p in prompts]) == expected
+    pairs = [(prompt, continuation) for prompt in prompts[:3] for continuation in (" yes", " it is not possible to tell")]
+    direct = []
+    for context, continuation in pairs:
+        whole, context_ids = lm.tok_encode(context + continuation), lm.tok_encode(context)
+        ids = torch.tensor([whole])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1], dim=-1)
+        targets = torch.tensor(whole[1:])
+        direct.append(float(logprobs.gather(1, targets[:, None])[len(context_ids) - 1 :].sum()))
+    assert scores(lm, pairs) == pytest.approx(direct, abs=1e-4)
+    assert len({round(v, 3) for v in direct}) > len(pairs) // 2
+    composed.release()
 
 
 @needs_data

@@ -15,20 +15,24 @@ The interface the mechanism (mole_exp/mole/) reads of a family:
         name           what `ModulePosition.stream` calls it
         module         the submodule (a name for `model.get_submodule`) whose forward carries the stream's
                        inputs: the router puts a forward pre-hook on it, which starts a new pass of the gates
-        mask_argument  the keyword of that forward holding the stream's (B, T) valid-token mask, or None:
-                       a bidirectional stream's sequence-scope gates average over its valid tokens
+        mask_argument  the keyword of that forward holding the stream's valid-token mask, or None (every token
+                       valid): a bidirectional stream's sequence-scope gates average over its valid tokens ((B, T));
+                       a causal stream's over its valid tokens <= t ((B, cached + new tokens) during cached
+                       generation), which skips left padding in batched generation and right padding in training
         causal         the stream is read left to right and may be decoded step by step with a KV cache
                        (found in the forward's `past_key_values` / `cache` keyword): its sequence-scope gates
-                       average over the prefix (position t: tokens <= t), continuing a running sum across
-                       cached steps, so teacher forcing and cached generation give identical weights; beam
+                       average over the prefix (position t: tokens <= t), continuing a running sum (and, with a
+                       mask, a running count per row) across cached steps, so teacher forcing and cached
+                       generation give identical weights; beam
                        search's reordering of the cache is followed (mole_exp/mole/beam_search.py)
 
 T5 (an encoder-decoder) has three streams: the encoder's input (bidirectional, its attention mask), the
 decoder's prefix (causal), and the cross-attention memory, the decoder's cross-attention keys/values, which
 read the encoder's output (bidirectional, the decoder forward's encoder attention mask). A decoder-only family
 is one entry with a single causal stream on its decoder module: CAUSAL_FAMILY's
-`Stream(name="decoder", module="model", mask_argument=None, causal=True)`. A causal stream with a valid-token
-mask (left padding) is not supported yet: the mechanism refuses it (`Stream.__post_init__`).
+`Stream(name="decoder", module="model", mask_argument="attention_mask", causal=True)`, whose mask skips the pads of a
+left-padded generation batch and a right-padded training batch (mole_exp/mole/gates.py `pool_causal`). T5's decoder
+prefix is never padded before a valid token, so its stream has no mask and pools over every position.
 """
 
 from __future__ import annotations
@@ -56,13 +60,6 @@ class Stream:
     module: str
     mask_argument: str | None
     causal: bool
-
-    def __post_init__(self):
-        if self.causal and self.mask_argument is not None:
-            raise ValueError(
-                f"stream {self.name!r}: a causal stream with a valid-token mask ({self.mask_argument!r}) is not supported; "
-                f"its gates average over the whole prefix (mask_argument=None)"
-            )
 
 
 @dataclass(frozen=True)
@@ -213,9 +210,9 @@ CAUSAL_FAMILY = ModelFamily(
     ),
     attention_projections=("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj"),
     all_linear_projections=("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "gate_proj", "up_proj", "down_proj", "gate_up_proj"),
-    # one causal stream on the decoder stack (ModulePosition.stream is "decoder", as T5's decoder prefix);
-    # the mole and mixer composers refuse causal bases until left-padded prefix pooling is supported
-    streams=(Stream(name="decoder", module="model", mask_argument=None, causal=True),),
+    # one causal stream on the decoder stack (ModulePosition.stream is "decoder", as T5's decoder prefix); its gates pool
+    # over the valid tokens <= t of the causal LM's attention_mask (left padding in generation, right padding in training)
+    streams=(Stream(name="decoder", module="model", mask_argument="attention_mask", causal=True),),
     kind="causal",
     blocks_attribute="layers",
     sublayer_index=(("self_attn", 0), ("mlp", 1)),

@@ -33,20 +33,6 @@ COMPOSERS: dict[str, type[Composer]] = {}
 FIT_PER = ("suite", "dataset")
 
 
-CAUSAL_READY = ("nla", "lorahub", "pems", "single", "base", "fresh_lora")  # composers that run on decoder-only models
-
-
-def refuse_causal(name: str, base: Any) -> None:
-    """Gate and token routers pool a causal stream over its prefix but do not yet skip a left-padded batch's pad
-    tokens (family.Stream refuses a causal stream with a mask): on a decoder-only base they stop here, before any
-    gate is built, naming what runs there."""
-    if base.family.causal:
-        raise ValueError(
-            f"composer={name} does not run on decoder-only models yet (base {base.model_id}, family {base.family.name}): its "
-            f"gates' prefix pooling does not yet skip left padding; on causal models use one of {list(CAUSAL_READY)}"
-        )
-
-
 def register_composer(name: str) -> Callable[[type[Composer]], type[Composer]]:
     def register(cls: type[Composer]) -> type[Composer]:
         if name in COMPOSERS:

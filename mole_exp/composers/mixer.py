@@ -13,7 +13,8 @@ per-token routing entropy / log N (see composers/token_router.py). LoRA-Mixer's 
 Specialization Loss" is not reproduced; this is its described shape (global balance + entropy shaping).
 Defaults: balance weight 0.01 (Switch Transformer's), specialization weight 0.01, router init N(0, 0.02^2)
 (random, so that top-k ties break; drawn from `seed`, the run's, whatever the process drew before), fixed
-tau = 1. Decoder positions all count in the losses (no mask).
+tau = 1. Every position of a stream without a mask counts in the losses; the pads of a stream with one (a decoder-only
+model's attention_mask, an encoder's) do not (mole/routing.py).
 
 Hard top-k routing makes the mixer the composer most sensitive to floating-point rounding: a change of
 order 1e-7 in a router logit can flip which experts a token gets, and the training then diverges. The same
@@ -34,7 +35,7 @@ import torch.nn as nn
 
 from mole_exp.base.family import check_granularity
 from mole_exp.base.models import BaseModel
-from mole_exp.composers.base import Composer, refuse_causal, register_composer
+from mole_exp.composers.base import Composer, register_composer
 from mole_exp.experts.bank import ExpertBank
 from mole_exp.mole.gates import Gate
 from mole_exp.mole.inject import attach_router, remove
@@ -112,7 +113,6 @@ class MixerComposer(Composer):
         self._last_records: list = []
 
     def compose(self, base: BaseModel, bank: ExpertBank) -> list[nn.Parameter]:
-        refuse_causal(self.name, base)
         if self.top_k > len(bank):
             raise ValueError(f"composer.top_k={self.top_k} but only {len(bank)} experts are composed (allowed 1..{len(bank)})")
         self.base, self.bank = base, bank

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from mole_exp.base.models import DTYPES, BaseModel
-from mole_exp.composers.base import Composer, refuse_causal, register_composer
+from mole_exp.composers.base import Composer, register_composer
 from mole_exp.experts.bank import ExpertBank
 from mole_exp.mole.inject import check_implementation, gate_settings, inject_mole, remove
 from mole_exp.mole.routing import Router
@@ -47,7 +47,6 @@ class MoLEComposer(Composer):
         self.router: Router | None = None
 
     def compose(self, base: BaseModel, bank: ExpertBank) -> list[nn.Parameter]:
-        refuse_causal(self.name, base)
         self.base, self.bank = base, bank
         self._resolve_mask(bank)
         expert_dtype = DTYPES[self.expert_dtype] if self.expert_dtype else None

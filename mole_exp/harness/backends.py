@@ -2,15 +2,17 @@
 
 lm-eval's HFLM scores encoder-decoders ("seq2seq": the prompt to the encoder, the continuation to the
 decoder) and decoder-only models ("causal": prompt and continuation in one sequence). Our families
-(mole_exp/base/family.py) map onto those; a causal family, once mole_exp/base/family.py has one, is one entry here
-(HFLM's causal backend then batches, scores and generates for it).
+(mole_exp/base/family.py) map onto those: T5 to "seq2seq", the decoder-only family (Llama, Qwen2, Mistral, Phi-3) to
+"causal" (HFLM's causal backend batches, scores and generates for it: prompt and continuation in one sequence, prompts
+padded on the left for generation with their attention mask, which the gates' prefix pooling reads; scoring batches
+padded on the right, after every valid token, so the causal prefix pooling never sees those pads).
 """
 
 from __future__ import annotations
 
 from mole_exp.base.family import ModelFamily
 
-BACKENDS = {"t5": "seq2seq"}  # ModelFamily.name -> HFLM backend
+BACKENDS = {"t5": "seq2seq", "causal-lm": "causal"}  # ModelFamily.name -> HFLM backend
 
 
 def backend_for(family: ModelFamily) -> str:

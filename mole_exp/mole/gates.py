@@ -12,7 +12,12 @@ Eq. 10 taken literally fixes the sequence length L. Our nearest faithful choice:
      (scope `token`).
 Because the projection is linear, (3) equals projecting the pooled normalised outputs.
 In a causal stream (ModelFamily.streams) the average runs over the prefix (position t sees tokens <= t), so teacher-forced
-training and step-by-step generation with a KV cache give identical weights.
+training and step-by-step generation with a KV cache give identical weights. Where the causal stream carries a
+valid-token mask (a decoder-only LM's `attention_mask`: right padding in training, left padding in batched
+generation), the prefix average runs over the valid tokens <= t only (a running sum and a running count per row,
+`pool_causal`): the nearest faithful choice to Eq. 10's flattened fixed-length sequence when sequences are padded,
+so a padded prompt's tokens get the weights the prompt alone gets. A causal stream without a mask (an
+encoder-decoder's target prefix, never padded before a valid token) pools over every position, as before.
 
 Other input forms: `per_expert` (e_i in R^d per expert, logit_i = <norm E_i, e_i>: N*d parameters
 instead of N*d*N) and `hidden` (the authors' released code: logits from the LayerNorm-ed input x).
@@ -220,18 +225,40 @@ def pool_bidirectional(token_logits: torch.Tensor, valid_mask: torch.Tensor | No
 
 
 def pool_causal(
-    token_logits: torch.Tensor, previous_sum: torch.Tensor | None, previous_count: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prefix mean: position t averages tokens 0..t, continuing a running sum from cached steps.
+    token_logits: torch.Tensor,
+    previous_sum: torch.Tensor | None,
+    previous_count: int | torch.Tensor,
+    valid_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, int | torch.Tensor]:
+    """Prefix mean: position t averages the valid tokens <= t, continuing a running sum from cached steps.
 
-    token_logits (B, T, N); previous_sum (B, N) or None.  Returns pooled (B, T, N) and the new sum (B, N).
+    token_logits (B, T, N); previous_sum (B, N) or None; previous_count: the tokens already summed, an int (every
+    position valid) or (B,) per row; valid_mask (B, T) of the T new tokens or None (all valid).
+    Returns pooled (B, T, N), the new sum (B, N) and the new count (int, or (B,) once a mask was given).
+
+    Without a mask this is the prefix mean over positions 0..t (an unmasked stream: bit for bit as before). With one
+    (a causal LM's `attention_mask`: right padding in training, left padding in batched generation) the sum and the
+    count run over the valid positions only, per row, so a left-padded prompt gives its tokens the weights the
+    prompt alone gives them. A position with no valid token at or before it (a left pad) pools to 0: finite,
+    uniform weights, and its output is masked anyway. This is our nearest faithful choice for Eq. 10, which
+    flattens a fixed-length sequence (see the module docstring).
     """
-    running = token_logits.cumsum(dim=1)  # (B, T, N)
+    if valid_mask is None and not isinstance(previous_count, torch.Tensor):
+        running = token_logits.cumsum(dim=1)  # (B, T, N)
+        if previous_sum is not None:
+            running = running + previous_sum[:, None]
+        positions = torch.arange(1, token_logits.shape[1] + 1, device=token_logits.device, dtype=token_logits.dtype)
+        pooled = running / (previous_count + positions)[None, :, None]
+        return pooled, running[:, -1], previous_count + token_logits.shape[1]
+    if valid_mask is None:
+        valid_mask = torch.ones(token_logits.shape[:2], device=token_logits.device)
+    weights = valid_mask.to(token_logits.dtype)  # (B, T)
+    running = (token_logits * weights[..., None]).cumsum(dim=1)  # (B, T, N): sum of the valid logits <= t
     if previous_sum is not None:
         running = running + previous_sum[:, None]
-    positions = torch.arange(1, token_logits.shape[1] + 1, device=token_logits.device, dtype=token_logits.dtype)
-    pooled = running / (previous_count + positions)[None, :, None]
-    return pooled, running[:, -1]
+    counts = weights.cumsum(dim=1) + (previous_count[:, None] if isinstance(previous_count, torch.Tensor) else previous_count)  # (B, T)
+    pooled = running / counts.clamp_min(1.0)[..., None]  # a row with no valid token yet: 0 / 1
+    return pooled, running[:, -1], counts[:, -1]
 
 
 def balance_loss(mean_probabilities: torch.Tensor) -> torch.Tensor:

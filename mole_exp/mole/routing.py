@@ -5,9 +5,10 @@ It is attached to the model as `model.mole_gate`, so every trainable parameter i
 
 Which token streams exist, and which mask feeds which gate, the router takes from the model family
 (`ModelFamily.streams`, mole_exp/base/family.py). Per forward it knows, through a pre-hook on each stream's module:
-- the valid-token mask of each bidirectional stream (its sequence-scope gates average over its valid tokens),
-- each causal stream's cache offset, so that its prefix pooling continues a running sum during cached
-  generation (and follows beam search's reordering of the cache, mole/beam_search.py),
+- the valid-token mask of each stream that has one (a bidirectional stream's sequence-scope gates average over its
+  valid tokens; a causal stream's over its valid tokens <= t, which skips a left-padded batch's pads),
+- each causal stream's cache offset, so that its prefix pooling continues a running sum and a running count of
+  valid tokens during cached generation (and follows beam search's reordering of the cache, mole/beam_search.py),
 - which gates were already evaluated in this pass: a shared gate is computed at the first adapted linear
   of its scope and reused by the others.
 """
@@ -34,6 +35,23 @@ def module_key(scope: str) -> str:
     return scope.replace(":", "__").replace(".", "_")
 
 
+def valid_rows(tensor: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """(B, T, N) -> (M, N): the rows of the valid positions (every row when `valid` is None or not (B, T))."""
+    flat = tensor.reshape(-1, tensor.shape[-1])  # (B*T, N)
+    if valid is None or valid.shape != tensor.shape[:-1]:
+        return flat
+    return flat[valid.reshape(-1).bool()]
+
+
+def valid_mean(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the first two dims (examples, positions), of the valid positions only: (B, T, ...) -> (...). A weighted mean,
+    so no host sync (boolean indexing would need one per gate)."""
+    if valid is None or valid.shape != values.shape[:2]:
+        return values.reshape(-1, *values.shape[2:]).mean(dim=0)
+    weights = valid.to(values.dtype).reshape(*valid.shape, *([1] * (values.dim() - 2)))  # (B, T, 1...)
+    return (values * weights).sum(dim=(0, 1)) / weights.sum().clamp_min(1.0)
+
+
 class Router(nn.Module):
     def __init__(self, gates: dict[str, Gate], gate_inputs: dict[str, str], num_experts: int):
         super().__init__()
@@ -44,9 +62,10 @@ class Router(nn.Module):
         self.register_buffer("expert_mask", None, persistent=False)
         self.collecting = False
         self.streams: dict[str, Stream] = {}  # name -> the family's stream, set by `attach`
-        self._stream_masks: dict[str, torch.Tensor | None] = {}  # bidirectional stream -> (B, T) valid tokens
+        self._stream_masks: dict[str, torch.Tensor | None] = {}  # stream -> (B, T) valid tokens of this forward's T tokens
         self._offsets: dict[str, int] = {}  # causal stream -> tokens already in its KV cache
-        self._running: dict[str, tuple[torch.Tensor, int, str]] = {}  # causal scope -> (logit sum (B, N), count, stream)
+        # causal scope -> (valid-logit sum (B, N), valid count: int or (B,), tokens consumed, stream)
+        self._running: dict[str, tuple[torch.Tensor, int | torch.Tensor, int, str]] = {}
         self._pass_probs: dict[str, torch.Tensor] = {}
         self.records: list[GateRecord] = []
         self._hooks: list = []
@@ -81,7 +100,7 @@ class Router(nn.Module):
 
     def _reset_state(self) -> None:
         self._pass_probs.clear()
-        self._stream_masks = {name: None for name, stream in self.streams.items() if not stream.causal}
+        self._stream_masks = {name: None for name in self.streams}
         self._offsets = {name: 0 for name, stream in self.streams.items() if stream.causal}
         self._running.clear()
 
@@ -92,16 +111,34 @@ class Router(nn.Module):
                 cache = kwargs.get("past_key_values", kwargs.get("cache"))
                 self._offsets[stream.name] = cache.get_seq_length() if cache is not None else 0
                 if self._offsets[stream.name] == 0:  # a new sequence: the running sums of its gates start again
-                    for scope in [s for s, (_, _, name) in self._running.items() if name == stream.name]:
+                    for scope in [s for s, (*_, name) in self._running.items() if name == stream.name]:
                         del self._running[scope]
+                self._stream_masks[stream.name] = self._causal_mask(stream, kwargs, self._offsets[stream.name])
             else:
                 self._stream_masks[stream.name] = kwargs.get(stream.mask_argument) if stream.mask_argument else None
         self._pass_probs.clear()
 
+    @staticmethod
+    def _causal_mask(stream: Stream, kwargs: dict, offset: int) -> torch.Tensor | None:
+        """The valid-token mask of a causal stream's new tokens: its mask argument covers the cached tokens and the new
+        ones, (B, offset + T) (transformers' `attention_mask` during cached generation), and the new ones are its last T."""
+        mask = kwargs.get(stream.mask_argument) if stream.mask_argument else None
+        if mask is None:
+            return None
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.shape[1] <= offset:
+            shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(
+                f"stream {stream.name!r}: its {stream.mask_argument!r} must be a (batch, cached + new tokens) 0/1 mask with more than "
+                f"the {offset} cached tokens, got {shape}"
+            )
+        return mask[:, offset:]
+
     def _reorder_running_sums(self, beam_idx: torch.LongTensor) -> None:
-        """Beam search reordered the KV cache between steps; the running gate sums follow it."""
-        for scope, (running_sum, count, stream) in self._running.items():
-            self._running[scope] = (running_sum.index_select(0, beam_idx.to(running_sum.device)), count, stream)
+        """Beam search reordered the KV cache between steps; the running gate sums (and per-row counts) follow it."""
+        for scope, (running_sum, count, consumed, stream) in self._running.items():
+            index = beam_idx.to(running_sum.device)
+            count = count.index_select(0, index) if isinstance(count, torch.Tensor) else count
+            self._running[scope] = (running_sum.index_select(0, index), count, consumed, stream)
 
     # ------------------------------------------------------------------ the gate weights of one linear
 
@@ -138,19 +175,27 @@ class Router(nn.Module):
                     token_logits = gate.token_logits_rank_space(rank_inputs, linear.lora_B, linear.scaling, base_output)
         if gate.scope == "token":
             pooled = token_logits
-        elif self.streams[linear.stream].causal:  # prefix mean, continued across cached steps
-            offset = self._offsets[linear.stream]
+        elif self.streams[linear.stream].causal:  # prefix mean over the valid tokens <= t, continued across cached steps
+            offset, valid = self._offsets[linear.stream], self._stream_masks[linear.stream]
             previous = self._running.get(scope) if offset > 0 else None
-            if offset > 0 and (previous is None or previous[1] != offset):
+            if offset > 0 and (previous is None or previous[2] != offset):
                 raise RuntimeError(f"gate {scope!r}: cached decoding at offset {offset} without its running state")
-            pooled, running_sum = pool_causal(token_logits, previous[0] if previous else None, offset)
-            self._running[scope] = (running_sum.detach(), offset + token_logits.shape[1], linear.stream)
+            if valid is not None and valid.shape != token_logits.shape[:2]:
+                raise ValueError(
+                    f"gate {scope!r}: the stream's valid-token mask covers {tuple(valid.shape)} new tokens but the linear reads "
+                    f"{tuple(token_logits.shape[:2])} (mask argument {self.streams[linear.stream].mask_argument!r})"
+                )
+            pooled, running_sum, count = pool_causal(token_logits, previous[0] if previous else None, previous[1] if previous else 0, valid)
+            count = count.detach() if isinstance(count, torch.Tensor) else count
+            self._running[scope] = (running_sum.detach(), count, offset + token_logits.shape[1], linear.stream)
         else:
             pooled = pool_bidirectional(token_logits, self._stream_masks[linear.stream])
         probs = gate.probabilities(pooled, self.expert_mask)
         self._pass_probs[scope] = probs
         if self.training or self.collecting:
-            self.records.append(GateRecord(scope, probs if self.training else probs.detach()))
+            # a causal stream's pads (left or right) do not count in q (Eq. 15) or the statistics (a stream without a mask: every position)
+            valid = self._stream_masks[linear.stream] if self.streams[linear.stream].causal else None
+            self.records.append(GateRecord(scope, probs if self.training else probs.detach(), valid=valid))
         return GateWeights(probs, computed)
 
     # ------------------------------------------------------------------ masking, statistics, loss
@@ -176,7 +221,7 @@ class Router(nn.Module):
     @staticmethod
     def mean_probabilities(records: list[GateRecord]) -> torch.Tensor:
         """q of Eq. 15: each expert's probability averaged over gating functions, examples and positions."""
-        per_gate = [record.probs.float().reshape(-1, record.probs.shape[-1]).mean(dim=0) for record in records]
+        per_gate = [valid_mean(record.probs.float(), record.valid) for record in records]
         return torch.stack(per_gate).mean(dim=0)  # (N,)
 
     def balance_loss(self, records: list[GateRecord]) -> torch.Tensor:
@@ -189,9 +234,9 @@ class Router(nn.Module):
         Computed on the device and copied to the host once (one sync per call, not one per gate)."""
         if not records:
             return {}
-        flats = [record.probs.detach().float().reshape(-1, record.probs.shape[-1]) for record in records]
-        means = torch.stack([flat.mean(dim=0) for flat in flats])  # (G, N)
-        entropies = torch.stack([entropy(flat).mean() for flat in flats])  # (G,)
+        probs = [(record.probs.detach().float(), record.valid) for record in records]
+        means = torch.stack([valid_mean(p, valid) for p, valid in probs])  # (G, N)
+        entropies = torch.stack([valid_mean(entropy(p), valid) for p, valid in probs])  # (G,)
         table = torch.cat([means, entropies[:, None]], dim=1).cpu().tolist()  # the one host copy
         return {scope: {"weights": row[:-1], "entropy": row[-1]} for record, row in zip(records, table, strict=True) for scope in [record.scope]}
 

@@ -19,7 +19,7 @@ import torch
 
 from mole_exp.mole.gates import entropy
 from mole_exp.mole.interface import GatedLinear, GateInputs, GateRecord, GateWeights
-from mole_exp.mole.routing import Router
+from mole_exp.mole.routing import Router, valid_rows
 
 
 def top_k_weights(probabilities: torch.Tensor, k: int) -> torch.Tensor:
@@ -32,10 +32,7 @@ def top_k_weights(probabilities: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _flatten_valid(tensor: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    flat = tensor.float().reshape(-1, tensor.shape[-1])  # (B*T, N)
-    if valid is None or valid.shape != tensor.shape[:-1]:
-        return flat
-    return flat[valid.reshape(-1).bool()]
+    return valid_rows(tensor.float(), valid)  # (M, N): the valid positions' rows
 
 
 def balance_loss(records: list[GateRecord], top_k: int) -> torch.Tensor:
@@ -67,7 +64,7 @@ class TopKRouter(Router):
         self.top_k = top_k
 
     def _valid_mask(self, stream: str, soft: torch.Tensor) -> torch.Tensor | None:
-        mask = self._stream_masks.get(stream)  # bidirectional streams only (the family's); causal: every position counts
+        mask = self._stream_masks.get(stream)  # this forward's tokens; None where the stream has no mask
         return mask if mask is not None and mask.shape == soft.shape[:-1] else None
 
     def gate_weights(self, linear: GatedLinear, inputs: GateInputs) -> GateWeights:

@@ -1,9 +1,10 @@
 """The MoLE benchmark: gate-training step time, peak memory and generation speed of MoLE, side by side.
 
-One process, one run, on a FLAN-T5-shaped model with random weights (no download):
+One process, one run, on a FLAN-T5-shaped model (`--family t5`, the default) or a decoder-only causal LM with
+Qwen2.5-0.5B's or Llama-3.2-1B's widths (`--family causal`), with random weights (no download):
 
-    base        the frozen model alone; gradient flows to one scalar that scales the encoder's input
-                embeddings (the floor: full backward through the network, nothing else trains)
+    base        the frozen model alone; gradient flows to one scalar that scales the input embeddings (T5: the
+                encoder's) (the floor: full backward through the network, nothing else trains)
     rank_space  MoLE, implementation="rank_space" (the default: never materialises the expert outputs;
                 backward recomputes u = A x from x instead of keeping it)
     rank_space_saved  MoLE, implementation="rank_space_saved" (the same, keeping u and the gate's
@@ -34,7 +35,11 @@ names, the others are named `<variant> [<expert_output>/<normalization>]`.
 
 Run: `python scripts/bench_mole.py --device cuda` (defaults: flan-t5-large shape, N=8,24,48,128,
 targets q/v and all linears, rank 16, batch 32 x (256 + 32) tokens). `--model tiny --device cpu` for a
-quick CPU run. Under a device-time limit add e.g. `--max-config-seconds 60 --gen-repeats 2 --time-budget-s 420`
+quick CPU run. `--family causal` times MoLE on a decoder-only shape (`--model qwen2.5-0.5b`, the default, `llama-3.2-1b`,
+`tiny-causal`; `--layers N` and `--set hidden_size=...,intermediate_size=...,num_attention_heads=...,num_key_value_heads=...,
+num_hidden_layers=...,vocab_size=...` change it): each example is one right-padded sequence of a prompt ([L/2, L] tokens,
+`--source-len`) and `--target-len` target tokens with the loss on the targets; generation starts from the prompts, padded
+on the left; targets q_proj/v_proj (`qv`) or every block linear (`all`). Under a device-time limit add e.g. `--max-config-seconds 60 --gen-repeats 2 --time-budget-s 420`
 (the JSON and markdown are rewritten after every configuration, so a cut-off run keeps what it measured).
 Configurations estimated not to fit (or far too slow) are recorded as skipped with the estimate; `--no-skip`
 runs them anyway (CUDA OOMs are caught and recorded). See `python scripts/bench_mole.py --help`.
@@ -52,20 +57,34 @@ from mole_exp.tools.bench.measure import log
 from mole_exp.tools.bench.report import render_markdown
 from mole_exp.tools.bench.runner import Bench
 from mole_exp.tools.bench.variants import VARIANTS
-from mole_exp.tools.bench.workload import SHAPES, TARGET_SETS
+from mole_exp.tools.bench.workload import (
+    BENCH_FAMILIES,
+    CAUSAL_OVERRIDES,
+    CAUSAL_SHAPES,
+    CAUSAL_TARGET_SETS,
+    SHAPES,
+    TARGET_SETS,
+    causal_config,
+    default_shape,
+    family_shapes,
+    target_sets,
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", default="flan-t5-large", choices=sorted(SHAPES), help="shape of the random-weight FLAN-T5")
+    parser.add_argument("--family", default="t5", choices=sorted(BENCH_FAMILIES), help="t5: FLAN-T5 shapes; causal: decoder-only LM shapes")
+    parser.add_argument("--model", default=None, help=f"shape of the random-weight model: t5 {sorted(SHAPES)} (default flan-t5-large), "
+                                                      f"causal {sorted(CAUSAL_SHAPES)} (default qwen2.5-0.5b)")
+    parser.add_argument("--set", dest="overrides", default="", help=f"causal only: comma-separated key=value overrides of the shape, keys {list(CAUSAL_OVERRIDES)}")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast on CUDA, fp32 on CPU")
     parser.add_argument("--model-dtype", default="float32", choices=["float32", "bfloat16"], help="dtype of the frozen weights")
     parser.add_argument("--expert-dtype", default="auto", choices=["auto", "model", "bfloat16"],
                         help="dtype the experts are held in, by every variant: auto = bfloat16 under bf16 autocast, else the model's")
-    parser.add_argument("--layers", type=int, default=None, help="encoder and decoder blocks (default: the shape's); widths unchanged")
+    parser.add_argument("--layers", type=int, default=None, help="blocks (T5: encoder and decoder each; default: the shape's); widths unchanged")
     parser.add_argument("--experts", default="8,24,48,128", help="comma-separated expert counts N")
-    parser.add_argument("--targets", default="qv,all", help=f"comma-separated target sets from {sorted(TARGET_SETS)}")
+    parser.add_argument("--targets", default="qv,all", help=f"comma-separated target sets from {sorted(TARGET_SETS)} (t5: {TARGET_SETS}; causal: {CAUSAL_TARGET_SETS})")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)} (base always runs)")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--batch", type=int, default=32)
@@ -99,6 +118,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="JSON path (default outputs/bench/bench_<model>_<device>_<time>.json); the markdown goes next to it")
     args = parser.parse_args(argv)
+    shapes = family_shapes(args.family)
+    args.model = args.model or default_shape(args.family)
+    if args.model not in shapes:
+        parser.error(f"--model {args.model!r} is not a {args.family} shape; choose one of {sorted(shapes)} (or --family "
+                     f"{'causal' if args.family == 't5' else 't5'})")
+    args.overrides = parse_overrides(parser, args.overrides)
+    if args.overrides and args.family != "causal":
+        parser.error(f"--set {args.overrides}: applies to --family causal only")
+    if args.family == "causal":
+        try:
+            causal_config(args.model, args.layers, args.overrides)
+        except ValueError as error:
+            parser.error(str(error))
     args.experts = [int(x) for x in str(args.experts).split(",") if x.strip()]
     args.targets = [t.strip() for t in str(args.targets).split(",") if t.strip()]
     args.variants = [v.strip() for v in str(args.variants).split(",") if v.strip()]
@@ -112,8 +144,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         except ValueError as error:
             parser.error(f"--gate-readings {reading!r}: {error}")
     for target in args.targets:
-        if target not in TARGET_SETS:
-            parser.error(f"--targets: {target!r} is not one of {sorted(TARGET_SETS)}")
+        if target not in target_sets(args.family):
+            parser.error(f"--targets: {target!r} is not one of {sorted(target_sets(args.family))}")
     for variant in args.variants:
         if variant not in VARIANTS:
             parser.error(f"--variants: {variant!r} is not one of {list(VARIANTS)}")
@@ -122,6 +154,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.layers is not None and args.layers < 1:
         parser.error(f"--layers {args.layers}: need at least 1 encoder and 1 decoder block")
     return args
+
+
+def parse_overrides(parser: argparse.ArgumentParser, text: str) -> dict[str, int]:
+    """"hidden_size=256,num_hidden_layers=4" -> {"hidden_size": 256, "num_hidden_layers": 4}."""
+    overrides: dict[str, int] = {}
+    for item in (part.strip() for part in str(text).split(",")):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() not in CAUSAL_OVERRIDES or not value.strip().isdigit():
+            parser.error(f"--set {item!r}: expected key=<positive integer> with key in {list(CAUSAL_OVERRIDES)}")
+        overrides[key.strip()] = int(value)
+    return overrides
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

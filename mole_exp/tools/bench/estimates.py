@@ -17,7 +17,10 @@ def linear_inventory(base: BaseModel, batch: int, source_len: int, target_len: i
     for name, module in base.model.named_modules():
         if isinstance(module, nn.Linear) and base.family.module_pattern.match(name):
             position = base.family.position(name)
-            tokens = batch * (target_len if position.stream == "decoder" else source_len)
+            if base.family.causal:  # one sequence: prompt and target
+                tokens = batch * (source_len + target_len)
+            else:
+                tokens = batch * (target_len if position.stream == "decoder" else source_len)
             items.append(
                 dict(name=name, projection=position.projection, d_in=module.in_features, d_out=module.out_features,
                      tokens=tokens, scope=base.family.scope(name, granularity))
@@ -94,5 +97,6 @@ def estimate_costs(
 
 
 def base_flops(inventory: list[dict[str, Any]], d_model: int, vocab: int, batch: int, target_len: int) -> float:
+    """`target_len`: the tokens the head scores per example."""
     linear = sum(4.0 * item["tokens"] * item["d_in"] * item["d_out"] for item in inventory)
     return linear + 4.0 * batch * target_len * d_model * vocab

@@ -98,7 +98,10 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"# MoLE benchmark: {settings['model']} (random weights) on {device.get('name')}",
         "",
         f"torch {device.get('torch')}, {settings['precision']}, weights {settings['model_dtype']}, experts {settings.get('expert_dtype')}; "
-        f"{model_config.get('num_layers', '?')}+{model_config.get('num_decoder_layers', '?')} blocks; "
+        + (f"{model_config['num_hidden_layers']} blocks (decoder-only, hidden {model_config.get('hidden_size')}); "
+           if "num_hidden_layers" in model_config else
+           f"{model_config.get('num_layers', '?')}+{model_config.get('num_decoder_layers', '?')} blocks; ")
+        +
         f"batch {settings['batch']} x ({settings['source_len']} + {settings['target_len']}) tokens; rank {settings['rank']}; "
         f"gate {settings['granularity']}/{settings['input_form']}/{settings['scope']}, reading {readings[0]}"
         + (f" (columns `[...]`: {', '.join(readings[1:])})" if len(readings) > 1 else "") + "; "

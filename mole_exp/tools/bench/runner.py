@@ -35,6 +35,7 @@ from mole_exp.tools.bench.variants import (
     GENERATION_VARIANTS,
     ScaledEmbedding,
     attach_input_scale,
+    input_embeddings,
     compare,
     detach_input_scale,
     inject_peft,
@@ -47,14 +48,15 @@ from mole_exp.tools.bench.variants import (
     zero_gates,
 )
 from mole_exp.tools.bench.workload import (
-    COMMON_CONFIG,
-    TARGET_SETS,
     bank_bytes,
-    build_model,
+    build_bench_model,
+    generation_batch,
     make_batch,
+    model_config_record,
     random_bank,
-    shape_config,
     target_module_names,
+    target_sets,
+    training_inputs,
 )
 
 
@@ -140,7 +142,8 @@ class Bench:
                 )
 
         times, outputs, note = timed(generate, 1, max(1, args.gen_repeats), self.device, self.max_config_seconds)
-        produced = int(outputs[-1].shape[1] - 1)  # minus the decoder start token
+        # new tokens: an encoder-decoder's output starts with the decoder start token, a causal LM's with the prompt
+        produced = int(outputs[-1].shape[1] - (1 if model.config.is_encoder_decoder else gen_batch["input_ids"].shape[1]))
         batch_size = gen_batch["input_ids"].shape[0]
         record = {
             "status": "ok",
@@ -197,14 +200,15 @@ class Bench:
         if args.threads:
             torch.set_num_threads(args.threads)
         torch.manual_seed(args.seed)
-        log(f"building random {args.model} on {device} ({self.precision}, weights {args.model_dtype})")
+        log(f"building random {args.model} ({args.family}) on {device} ({self.precision}, weights {args.model_dtype})")
         t0 = time.perf_counter()
-        base = build_model(args.model, device, self.model_dtype, args.dropout, args.seed, args.layers)
+        base = build_bench_model(args.family, args.model, device, self.model_dtype, args.dropout, args.seed, args.layers, args.overrides)
         model = base.model
-        batch = make_batch(args.batch, args.source_len, args.target_len, model.config.vocab_size, device, args.seed)
-        gen_batch_size = args.gen_batch or args.batch
-        gen_batch = {k: v[:gen_batch_size] for k, v in batch.items() if k != "labels"}
+        full_batch = make_batch(base, args.batch, args.source_len, args.target_len, model.config.vocab_size, device, args.seed)
+        batch = training_inputs(full_batch)
+        gen_batch = generation_batch(base, full_batch, args.gen_batch or args.batch)
         check_batch = {k: v[: args.check_batch] for k, v in batch.items()} if args.check_batch > 0 else None
+        self.tied_head = model.get_output_embeddings().weight is model.get_input_embeddings().weight
         self.inventory = linear_inventory(base, args.batch, args.source_len, args.target_len, args.granularity)
         self.meter.release()
         model_gib = self.meter.current()
@@ -216,10 +220,11 @@ class Bench:
                 **{k: v for k, v in vars(args).items()},
                 "precision": self.precision,
                 "memory_metric": self.meter.metric,
-                "model_config": {**COMMON_CONFIG, **shape_config(args.model, args.layers), "dropout_rate": args.dropout},
+                "family": args.family,
+                "model_config": model_config_record(args.family, args.model, args.layers, args.overrides, args.dropout),
                 "expert_dtype": str(self.expert_dtype).removeprefix("torch."),
                 "model_params": int(sum(p.numel() for p in model.parameters())),
-                "untied_head": model.lm_head.weight is not model.shared.weight,
+                "untied_head": not self.tied_head,
                 "gate": self.gate_cfg,
                 "max_config_seconds": self.max_config_seconds,
                 "step": "forward + backward + AdamW.step on the trainable parameters (MoLE: task loss + alpha * L_balance)",
@@ -250,7 +255,8 @@ class Bench:
         # calibration for the skip rules
         self.base_step_s = base_record["step_ms_median"] / 1e3
         self.base_peak_gib = base_record["peak_gib"]
-        flops = base_flops(self.inventory, model.config.d_model, model.config.vocab_size, args.batch, args.target_len)
+        head_tokens = args.source_len + args.target_len if base.family.causal else args.target_len
+        flops = base_flops(self.inventory, model.config.hidden_size, model.config.vocab_size, args.batch, head_tokens)
         self.throughput = flops / self.base_step_s
         cpu = device.type == "cpu"
         self.bandwidth = 4e9 if cpu else 1.5e12
@@ -265,7 +271,7 @@ class Bench:
         self.result["settings"]["mem_limit_gib"] = self.mem_limit_gib
 
         for target_set in args.targets:
-            projections = TARGET_SETS[target_set]
+            projections = target_sets(args.family)[target_set]
             module_names = target_module_names(base, projections)
             for num_experts in args.experts:
                 self.run_experts(base, batch, gen_batch, check_batch, target_set, projections, module_names, num_experts)
@@ -353,8 +359,8 @@ class Bench:
             }
         )
         leftovers = [n for n in module_names if type(model.get_submodule(n)) is not nn.Linear]
-        retied = model.lm_head.weight is model.shared.weight
-        if leftovers or retied or hasattr(model, "mole_gate") or isinstance(model.encoder.embed_tokens, ScaledEmbedding):
+        retied = (model.get_output_embeddings().weight is model.get_input_embeddings().weight) != self.tied_head
+        if leftovers or retied or hasattr(model, "mole_gate") or isinstance(input_embeddings(model), ScaledEmbedding):
             raise RuntimeError(f"the base model was not restored after N={num_experts}: {leftovers[:3]}")
         del bank, references
         self.meter.release()

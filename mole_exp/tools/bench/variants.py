@@ -22,7 +22,7 @@ GENERATION_VARIANTS = ("rank_space", "peft")
 
 
 class ScaledEmbedding(nn.Module):
-    """The encoder's input embedding times one trainable scalar (the floor's only trainable parameter)."""
+    """The input embedding (an encoder-decoder's encoder's) times one trainable scalar (the floor's only trainable parameter)."""
 
     def __init__(self, embedding: nn.Embedding):
         super().__init__()
@@ -38,15 +38,27 @@ class ScaledEmbedding(nn.Module):
         return embeds * self.scale.to(embeds.dtype)
 
 
+def embedding_owner(model: nn.Module) -> nn.Module:
+    """The module holding the input embedding the floor scales: an encoder-decoder's encoder (so the decoder's
+    embeddings are untouched), a causal LM's decoder stack."""
+    return model.get_encoder() if model.config.is_encoder_decoder else model.get_decoder()
+
+
+def input_embeddings(model: nn.Module) -> nn.Module:
+    return embedding_owner(model).embed_tokens
+
+
 def attach_input_scale(model: nn.Module) -> nn.Parameter:
-    scaled = ScaledEmbedding(model.encoder.embed_tokens)
-    model.encoder.embed_tokens = scaled
+    owner = embedding_owner(model)
+    scaled = ScaledEmbedding(owner.embed_tokens)
+    owner.embed_tokens = scaled
     return scaled.scale
 
 
 def detach_input_scale(model: nn.Module) -> None:
-    if isinstance(model.encoder.embed_tokens, ScaledEmbedding):
-        model.encoder.embed_tokens = model.encoder.embed_tokens.embedding
+    owner = embedding_owner(model)
+    if isinstance(owner.embed_tokens, ScaledEmbedding):
+        owner.embed_tokens = owner.embed_tokens.embedding
 
 
 class LoopMoLELinear(MoLELinear):
