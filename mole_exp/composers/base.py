@@ -3,6 +3,7 @@
 Every composition method is one module here, built from `conf/composer/<name>.yaml` and registered by
 name. The pipeline treats them all alike:
 
+    composer.check_base(base)                    # a family it cannot run on: refused before the experts load
     trainable = composer.compose(base, bank)     # inject gates or merge weights; return what trains
     composer.search(search_data)                 # gradient-free fitting (LoRAHub, PEMs); no-op otherwise
     ... Lightning fits `trainable` when it is not empty, adding composer.auxiliary_losses() ...
@@ -33,7 +34,7 @@ COMPOSERS: dict[str, type[Composer]] = {}
 FIT_PER = ("suite", "dataset")
 
 
-CAUSAL_READY = ("nla", "lorahub", "pems", "single", "base", "fresh_lora")  # composers that run on decoder-only models
+CAUSAL_READY = ("nla", "lorahub", "pems", "single", "base", "fresh_lora", "xlora", "arrow")  # composers that run on decoder-only models
 
 
 def refuse_causal(name: str, base: Any) -> None:
@@ -116,6 +117,9 @@ class Composer(ABC):
         self.base: BaseModel | None = None
         self.bank: ExpertBank | None = None
         self.keep: list[int] | None = None
+
+    def check_base(self, base: BaseModel) -> None:
+        """Refuse a base model this composer cannot run on (e.g. a family), before the experts load. Default: any."""
 
     @abstractmethod
     def compose(self, base: BaseModel, bank: ExpertBank) -> list[nn.Parameter]:
