@@ -207,6 +207,7 @@ def test_train_py_xlora_on_t5_is_refused_before_the_experts_load(tmp_path, monke
         ({"general": [1]}, r"composer.general=\[1\] is read only with composer.use_gks=true"),
         ({"rng_seed": "x"}, r"composer.rng_seed='x' must be an integer or null"),
         ({"fit_per": "sentence"}, r"composer.fit_per='sentence' is not one of"),
+        ({"mask": [0]}, r"composer.mask=\[0\]: composer=arrow \(PEFT's router\) routes over every loaded adapter and cannot mask"),
     ],
 )
 def test_bad_arrow_options(options, message):
@@ -222,6 +223,7 @@ def test_bad_arrow_options(options, message):
         ({"enable_softmax_topk": True}, r"composer.enable_softmax_topk=true needs composer.top_k_lora"),
         ({"xlora_depth": 0}, r"composer.xlora_depth=0 must be an integer >= 1"),
         ({"xlora_dropout_p": 1.0}, r"composer.xlora_dropout_p=1.0 must be in \[0, 1\)"),
+        ({"mask": ["tiny_expert_00"]}, r"composer.mask=\['tiny_expert_00'\]: composer=xlora \(PEFT's router\) routes over every"),
     ],
 )
 def test_bad_xlora_options(options, message):

@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from mole_exp.base.models import BaseModel
 from mole_exp.composers.base import Composer, register_composer
-from mole_exp.composers.peft_peers import adapter_folders, check_same_modules, unload
+from mole_exp.composers.peft_peers import adapter_folders, check_same_modules, refuse_mask, unload
 from mole_exp.experts.bank import ExpertBank
 
 ROUTER_ADAPTER = "arrow_router"  # the adapter name create_arrow_model gives the router
@@ -44,9 +44,11 @@ class ArrowComposer(Composer):
         general: list[str | int] | None = None,
         rng_seed: int | None = 0,
         fit_per: str | None = None,
+        mask: list[str | int] | None = None,
         name: str | None = None,
     ):
         super().__init__(name=name, fit_per=fit_per)
+        refuse_mask(self.name, mask)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"composer.top_k={top_k!r} must be an integer >= 1 (the experts mixed per token)")
         if float(router_temperature) <= 0:

@@ -25,6 +25,13 @@ def refuse_family(composer: str, base: BaseModel, causal_only: bool, why: str) -
         )
 
 
+def refuse_mask(composer: str, mask: list[str | int] | None) -> None:
+    """PEFT's routers route over every adapter they loaded; an expert mask would silently do nothing."""
+    if mask:
+        raise ValueError(f"composer.mask={list(mask)}: composer={composer} (PEFT's router) routes over every loaded adapter and "
+                         f"cannot mask experts; compose fewer experts instead (experts.names=[...]) or use composer=mole / nla")
+
+
 def adapter_folders(composer: str, bank: ExpertBank) -> list[str]:
     if not bank.sources:
         raise ValueError(f"composer={composer} loads the experts' PEFT adapter folders, but the bank names none")

@@ -31,7 +31,14 @@ import torch.nn as nn
 
 from mole_exp.base.models import BaseModel
 from mole_exp.composers.base import Composer, register_composer
-from mole_exp.composers.peft_peers import OutputCaptureLedger, adapter_folders, check_same_modules, refuse_family, unload
+from mole_exp.composers.peft_peers import (
+    OutputCaptureLedger,
+    adapter_folders,
+    check_same_modules,
+    refuse_family,
+    refuse_mask,
+    unload,
+)
 from mole_exp.experts.bank import ExpertBank
 
 CLASSIFIER_ATTRIBUTE = "xlora_classifier"
@@ -56,9 +63,11 @@ class XLoRAComposer(Composer):
         scaling_pass_value: float = 0.0,
         global_scaling_weight: float = 1.0,
         fit_per: str = "suite",
+        mask: list[str | int] | None = None,
         name: str | None = None,
     ):
         super().__init__(name=name, fit_per=fit_per)
+        refuse_mask(self.name, mask)
         if float(softmax_temperature) <= 0:
             raise ValueError(f"composer.softmax_temperature={softmax_temperature} must be > 0")
         if top_k_lora is not None and (isinstance(top_k_lora, bool) or int(top_k_lora) < 1):
