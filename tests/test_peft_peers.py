@@ -203,6 +203,7 @@ def test_train_py_xlora_on_t5_is_refused_before_the_experts_load(tmp_path, monke
     [
         ({"top_k": 0}, r"composer.top_k=0 must be an integer >= 1"),
         ({"router_temperature": 0.0}, r"composer.router_temperature=0.0 must be > 0"),
+        ({"router_temperature": "hot"}, r"composer.router_temperature=hot must be > 0"),
         ({"use_gks": True}, r"composer.use_gks=true needs composer.general"),
         ({"general": [1]}, r"composer.general=\[1\] is read only with composer.use_gks=true"),
         ({"rng_seed": "x"}, r"composer.rng_seed='x' must be an integer or null"),
@@ -223,6 +224,9 @@ def test_bad_arrow_options(options, message):
         ({"enable_softmax_topk": True}, r"composer.enable_softmax_topk=true needs composer.top_k_lora"),
         ({"xlora_depth": 0}, r"composer.xlora_depth=0 must be an integer >= 1"),
         ({"xlora_dropout_p": 1.0}, r"composer.xlora_dropout_p=1.0 must be in \[0, 1\)"),
+        ({"xlora_size": "big"}, r"composer.xlora_size='big' must be an integer >= 1"),
+        ({"top_k_lora": 1.5}, r"composer.top_k_lora=1.5 must be null \(dense\) or an integer >= 1"),
+        ({"global_scaling_weight": None}, r"composer.global_scaling_weight=None must be a number"),
         ({"mask": ["tiny_expert_00"]}, r"composer.mask=\['tiny_expert_00'\]: composer=xlora \(PEFT's router\) routes over every"),
     ],
 )

@@ -51,7 +51,7 @@ class ArrowComposer(Composer):
         refuse_mask(self.name, mask)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"composer.top_k={top_k!r} must be an integer >= 1 (the experts mixed per token)")
-        if float(router_temperature) <= 0:
+        if isinstance(router_temperature, bool) or not isinstance(router_temperature, (int, float)) or not router_temperature > 0:
             raise ValueError(f"composer.router_temperature={router_temperature} must be > 0")
         if rng_seed is not None and (isinstance(rng_seed, bool) or not isinstance(rng_seed, int)):
             raise ValueError(f"composer.rng_seed={rng_seed!r} must be an integer or null (PEFT's unseeded power iteration)")

@@ -42,6 +42,14 @@ from mole_exp.composers.peft_peers import (
 from mole_exp.experts.bank import ExpertBank
 
 CLASSIFIER_ATTRIBUTE = "xlora_classifier"
+
+
+def is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # not NaN
 WHY_CAUSAL_ONLY = ("PEFT's X-LoRA classifier reads the model output's `hidden_states` and sizes its scalings by the input length, "
                    "which an encoder-decoder's decoder does not share")
 
@@ -68,18 +76,21 @@ class XLoRAComposer(Composer):
     ):
         super().__init__(name=name, fit_per=fit_per)
         refuse_mask(self.name, mask)
-        if float(softmax_temperature) <= 0:
+        if not is_number(softmax_temperature) or softmax_temperature <= 0:
             raise ValueError(f"composer.softmax_temperature={softmax_temperature} must be > 0")
-        if top_k_lora is not None and (isinstance(top_k_lora, bool) or int(top_k_lora) < 1):
+        if top_k_lora is not None and (not is_integer(top_k_lora) or top_k_lora < 1):
             raise ValueError(f"composer.top_k_lora={top_k_lora!r} must be null (dense) or an integer >= 1")
         if enable_softmax_topk and top_k_lora is None:
             raise ValueError("composer.enable_softmax_topk=true needs composer.top_k_lora (the k experts renormalised)")
-        if isinstance(xlora_depth, bool) or int(xlora_depth) < 1:
+        if not is_integer(xlora_depth) or xlora_depth < 1:
             raise ValueError(f"composer.xlora_depth={xlora_depth!r} must be an integer >= 1 (1: one linear layer)")
-        if int(xlora_size) < 1:
-            raise ValueError(f"composer.xlora_size={xlora_size!r} must be >= 1")
-        if not 0.0 <= float(xlora_dropout_p) < 1.0:
+        if not is_integer(xlora_size) or xlora_size < 1:
+            raise ValueError(f"composer.xlora_size={xlora_size!r} must be an integer >= 1")
+        if not is_number(xlora_dropout_p) or not 0.0 <= xlora_dropout_p < 1.0:
             raise ValueError(f"composer.xlora_dropout_p={xlora_dropout_p} must be in [0, 1)")
+        for key, value in (("scaling_pass_value", scaling_pass_value), ("global_scaling_weight", global_scaling_weight)):
+            if not is_number(value):
+                raise ValueError(f"composer.{key}={value!r} must be a number")
         self.options = {
             "enable_softmax": bool(enable_softmax), "enable_softmax_topk": bool(enable_softmax_topk),
             "softmax_temperature": float(softmax_temperature), "layerwise_scalings": bool(layerwise_scalings),
