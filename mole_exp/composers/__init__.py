@@ -3,6 +3,7 @@
 Thin: each turns its config into the mechanism (mole/) or into a merge of the experts into the base.
 """
 
+from mole_exp.composers.arrow import ArrowComposer
 from mole_exp.composers.base import COMPOSERS, Composer, SearchData, register_composer
 from mole_exp.composers.fresh_lora import FreshLoRAComposer
 from mole_exp.composers.lorahub import LoRAHubComposer
@@ -12,8 +13,10 @@ from mole_exp.composers.nla import NLAComposer
 from mole_exp.composers.no_experts import BaseOnlyComposer
 from mole_exp.composers.pems import PEMsComposer
 from mole_exp.composers.single import SingleComposer
+from mole_exp.composers.xlora import XLoRAComposer
 
 __all__ = [
+    "ArrowComposer",
     "COMPOSERS",
     "BaseOnlyComposer",
     "Composer",
@@ -25,5 +28,6 @@ __all__ = [
     "PEMsComposer",
     "SearchData",
     "SingleComposer",
+    "XLoRAComposer",
     "register_composer",
 ]

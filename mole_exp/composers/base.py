@@ -3,6 +3,7 @@
 Every composition method is one module here, built from `conf/composer/<name>.yaml` and registered by
 name. The pipeline treats them all alike:
 
+    composer.check_base(base)                    # a family it cannot run on: refused before the experts load
     trainable = composer.compose(base, bank)     # inject gates or merge weights; return what trains
     composer.search(search_data)                 # gradient-free fitting (LoRAHub, PEMs); no-op otherwise
     ... Lightning fits `trainable` when it is not empty, adding composer.auxiliary_losses() ...
@@ -102,6 +103,9 @@ class Composer(ABC):
         self.base: BaseModel | None = None
         self.bank: ExpertBank | None = None
         self.keep: list[int] | None = None
+
+    def check_base(self, base: BaseModel) -> None:
+        """Refuse a base model this composer cannot run on (e.g. a family), before the experts load. Default: any."""
 
     @abstractmethod
     def compose(self, base: BaseModel, bank: ExpertBank) -> list[nn.Parameter]:

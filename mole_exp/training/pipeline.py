@@ -118,6 +118,7 @@ def run_unit(
     if not flat:
         L.seed_everything(unit.seed, workers=True, verbose=False)  # each unit from the same state, whatever ran before
     composer: Composer = build(cfg.composer, _convert_="all", **({"seed": unit.seed} if "seed" in cfg.composer else {}))
+    composer.check_base(base)  # a family the composer cannot run on: refused before the experts load
     bank = unit_experts(cfg, base, unit, banks)
     trainable = composer.compose(base, bank)
     base.model.to(device)

@@ -54,6 +54,7 @@ import torch
 
 from mole_exp.mole.gates import EXPERT_OUTPUTS, NORMALIZATIONS, check_reading
 from mole_exp.tools.bench.measure import log
+from mole_exp.tools.bench.peers import PEERS, run_peers
 from mole_exp.tools.bench.report import render_markdown
 from mole_exp.tools.bench.runner import Bench
 from mole_exp.tools.bench.variants import VARIANTS
@@ -116,6 +117,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="CPU: fix glibc's mmap threshold so peak RSS tracks live tensors (slower steps; default off)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU); default: torch's choice")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peers", default=None,
+                        help="comma-separated subset of mole,xlora,arrow: instead of the variant grid, time X-LoRA's training step and "
+                             "Arrow's routed forward beside MoLE's, as the harness's composers, on the same shape (tools/bench/peers.py)")
+    parser.add_argument("--arrow-top-k", type=int, default=3, help="--peers: Arrow's top_k (PEFT's default 3)")
     parser.add_argument("--out", default=None, help="JSON path (default outputs/bench/bench_<model>_<device>_<time>.json); the markdown goes next to it")
     args = parser.parse_args(argv)
     shapes = family_shapes(args.family)
@@ -149,6 +154,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for variant in args.variants:
         if variant not in VARIANTS:
             parser.error(f"--variants: {variant!r} is not one of {list(VARIANTS)}")
+    args.peers = [p.strip() for p in str(args.peers).split(",") if p.strip()] if args.peers else []
+    for peer in args.peers:
+        if peer not in PEERS:
+            parser.error(f"--peers: {peer!r} is not one of {list(PEERS)}")
     if not args.experts or min(args.experts) < 1:
         parser.error("--experts needs positive integers")
     if args.layers is not None and args.layers < 1:
@@ -171,6 +180,8 @@ def parse_overrides(parser: argparse.ArgumentParser, text: str) -> dict[str, int
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.peers:
+        return run_peers(args)
     bench = Bench(args)
     result = bench.run()
     markdown = render_markdown(result)
