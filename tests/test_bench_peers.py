@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 def tiny_t5_setup(num_experts=3):
     base = build_model("tiny", torch.device("cpu"), torch.float32, 0.0, 0)
     bank = random_bank(base, target_module_names(base, ("q", "v")), num_experts, 4, seed=1)
-    batch = make_batch(2, 12, 4, base.model.config.vocab_size, torch.device("cpu"), 0)
+    batch = make_batch(base, 2, 12, 4, base.model.config.vocab_size, torch.device("cpu"), 0)
     return base, bank, batch
 
 
@@ -77,3 +77,17 @@ def test_cli_refuses_an_unknown_peer():
 
     with pytest.raises(SystemExit):
         parse_args(["--peers", "lorahub"])
+
+
+def test_cli_peers_on_the_causal_family_times_all_three(tmp_path):
+    """--peers follows --family: on a decoder-only shape X-LoRA runs (it is skipped on T5) beside MoLE and Arrow."""
+    from mole_exp.tools.bench.cli import main
+
+    out = tmp_path / "peers.json"
+    main(["--family", "causal", "--model", "tiny-causal", "--device", "cpu", "--peers", "mole,xlora,arrow", "--experts", "2",
+          "--targets", "qv", "--rank", "4", "--batch", "2", "--source-len", "8", "--target-len", "4", "--warmup", "0",
+          "--repeats", "1", "--arrow-top-k", "1", "--out", str(out)])
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["shape"]["family"] == "causal-lm"
+    assert {name: peer["status"] for name, peer in run["peers"].items()} == {"mole": "ok", "xlora": "ok", "arrow": "ok"}
+    assert run["peers"]["xlora"]["train_step_ms_median"] > 0 and run["peers"]["mole"]["train_step_ms_median"] > 0

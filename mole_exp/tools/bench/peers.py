@@ -155,29 +155,28 @@ def bench_peers(
 def run_peers(args, build_base: Callable[..., BaseModel] | None = None,
               make_inputs: Callable[..., dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
     """`scripts/bench_mole.py --peers`: bench_peers per (targets, N) on the shape `build_base(args, device, dtype)`
-    builds (default: the random-weight FLAN-T5 shape of --model) with `make_inputs(args, base, device)`'s batch
+    builds (default: workload.build_bench_model, the random-weight shape of --family and --model) with `make_inputs(args, base, device)`'s batch
     (default: workload.make_batch); the JSON is rewritten atomically after each configuration."""
     from mole_exp.files import write_atomic
     from mole_exp.tools.bench.measure import device_description
     from mole_exp.tools.bench.variants import reading_cfg
-    from mole_exp.tools.bench.workload import TARGET_SETS, build_model, make_batch, random_bank, target_module_names
+    from mole_exp.tools.bench.workload import build_bench_model, make_batch, random_bank, target_module_names, target_sets
 
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.model_dtype]
-    base = build_base(args, device, dtype) if build_base else build_model(args.model, device, dtype, args.dropout, args.seed, args.layers)
+    base = (build_base(args, device, dtype) if build_base else
+            build_bench_model(args.family, args.model, device, dtype, args.dropout, args.seed, args.layers, args.overrides))
     batch = (make_inputs(args, base, device) if make_inputs else
-             make_batch(args.batch, args.source_len, args.target_len, base.model.config.vocab_size, device, args.seed))
+             make_batch(base, args.batch, args.source_len, args.target_len, base.model.config.vocab_size, device, args.seed))
     gate_cfg = {"granularity": args.granularity, "input_form": args.input_form, "scope": args.scope, "init_std": args.gate_init_std,
                 "temperature": {"init": 1.0, "learnable": True}, **reading_cfg(args.gate_readings[0])}
     out = Path(args.out) if args.out else Path("outputs/bench") / f"peers_{base.model_id}_{device.type}_{time.strftime('%Y%m%d-%H%M%S')}.json"
     result: dict[str, Any] = {"device": device_description(device), "args": vars(args), "runs": []}
     for target_set in args.targets:
-        names = target_module_names(base, TARGET_SETS[target_set])
-        if not names:  # another family's projection names (e.g. a causal shape: q_proj, v_proj)
-            names = target_module_names(base, tuple(f"{p}_proj" for p in TARGET_SETS[target_set]))
+        names = target_module_names(base, target_sets(args.family)[target_set])
         for num_experts in args.experts:
             bank = random_bank(base, names, num_experts, args.rank, args.seed)
             run = bench_peers(base, bank, batch, tuple(args.peers), device, precision, args.warmup, args.repeats,
