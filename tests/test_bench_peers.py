@@ -89,5 +89,5 @@ def test_cli_peers_on_the_causal_family_times_all_three(tmp_path):
           "--repeats", "1", "--arrow-top-k", "1", "--out", str(out)])
     run = json.loads(out.read_text())["runs"][0]
     assert run["shape"]["family"] == "causal-lm"
-    assert {name: peer["status"] for name, peer in run["peers"].items()} == {"mole": "ok", "xlora": "ok", "arrow": "ok"}
+    assert {name: peer["status"] for name, peer in run["peers"].items()} == {"base": "ok", "mole": "ok", "xlora": "ok", "arrow": "ok"}
     assert run["peers"]["xlora"]["train_step_ms_median"] > 0 and run["peers"]["mole"]["train_step_ms_median"] > 0
