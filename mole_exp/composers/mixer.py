@@ -14,7 +14,7 @@ Specialization Loss" is not reproduced; this is its described shape (global bala
 Defaults: balance weight 0.01 (Switch Transformer's), specialization weight 0.01, router init N(0, 0.02^2)
 (random, so that top-k ties break; drawn from `seed`, the run's, whatever the process drew before), fixed
 tau = 1. Every position of a stream without a mask counts in the losses; the pads of a stream with one (a decoder-only
-model's attention_mask, an encoder's) do not (mole/routing.py).
+model's attention_mask, a bidirectional stream's) do not (mole/routing.py).
 
 Hard top-k routing makes the mixer the composer most sensitive to floating-point rounding: a change of
 order 1e-7 in a router logit can flip which experts a token gets, and the training then diverges. The same
