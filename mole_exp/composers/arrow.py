@@ -16,8 +16,8 @@ router_temperature 1.0, use_gks false) except `rng_seed`: PEFT's default null st
 ours is 0 so that a run repeats exactly (null keeps PEFT's behaviour). PEFT needs every expert of equal rank and
 module set (its check_loaded_lora_compatibility_arrow refuses others).
 
-Families: both. Arrow routes each token of each adapted linear on its own input, so it runs on both stacks of an
-encoder-decoder as on a decoder-only model, with the KV cache (nothing depends on other positions).
+Families: both. Arrow routes each token of each adapted linear on its own input, so it runs on T5 (both of its
+stacks) as on a decoder-only model, with the KV cache (nothing depends on other positions).
 """
 
 from __future__ import annotations

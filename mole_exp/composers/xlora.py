@@ -15,7 +15,7 @@ cache), set on the model while composed and restored on release, as are the hidd
 installs on the scaling pass's `output_hidden_states=True` (peft_peers.OutputCaptureLedger).
 
 Families: decoder-only only. PEFT's classifier reads `output.hidden_states` and sizes its scalings by the
-input's length, which an encoder-decoder (T5: its two stacks' lengths differ, no `hidden_states`) lacks;
+input's length, which an encoder-decoder lacks (T5: its two stacks differ in length, its output has no `hidden_states`);
 `composer=xlora` on T5 is refused before the experts load.
 
 Options (conf/composer/xlora.yaml) are XLoraConfig's, with PEFT's defaults (peft/tuners/xlora/config.py);
@@ -51,7 +51,7 @@ def is_integer(value: Any) -> bool:
 def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # not NaN
 WHY_CAUSAL_ONLY = ("PEFT's X-LoRA classifier reads the model output's `hidden_states` and sizes its scalings by the input length, "
-                   "which an encoder-decoder's two stacks do not share")
+                   "which an encoder-decoder's generating stack does not share")
 
 
 @register_composer("xlora")
