@@ -264,7 +264,7 @@ def test_bad_fit_per_fails_before_anything_loads(base_overrides, monkeypatch):
     outputs, overrides = base_overrides
     cases = [
         (["composer=mole", "composer.fit_per=task"], r"composer.fit_per='task' is not one of \['suite', 'dataset'\]"),
-        (["composer=nla", "composer.fit_per=dataset"], r"composer 'nla' fits nothing .* fit_per applies to \['fresh_lora', 'lorahub', 'mixer', 'mole', 'pems'\]"),
+        (["composer=nla", "composer.fit_per=dataset"], r"composer 'nla' fits nothing .* fit_per applies to \['fresh_lora', 'lorahub', 'mixer', 'mole', 'pems', 'xlora'\]"),
         (["composer=single", "composer.fit_per=suite"], r"composer 'single' fits nothing"),
         (["composer=pems", "composer.weights=[0.5,0.5,0,0]", "experts.count=4", "composer.fit_per=dataset"],
          r"composer.fit_per=dataset: composer 'pems' fits nothing with these options"),
