@@ -88,6 +88,25 @@ def test_t5_family_is_unchanged():
 
 
 @with_tokenizers
+def test_default_lora_targets_follow_the_family_and_share_the_named_library(architecture, tmp_path):
+    """targets: null (conf/experts/tiny.yaml, conf/train_experts.yaml) is PEFT's default for the model type, and
+    resolves before the cache key: the library of null is the library of the names it stands for."""
+    from mole_exp.base.family import default_lora_targets
+    from mole_exp.experts.tiny_library import ensure_tiny_library
+    from tests.conftest import make_tiny
+
+    base = tiny_causal(architecture)
+    assert default_lora_targets(base.model) == ["q_proj", "v_proj"]
+    assert default_lora_targets(make_tiny().model) == ["q", "v"]
+    unnamed = ensure_tiny_library(base, str(tmp_path), num_adapters=2)
+    assert ensure_tiny_library(base, str(tmp_path), num_adapters=2, targets=["q_proj", "v_proj"]) == unnamed
+    with pytest.raises(ValueError, match=r"experts.tiny.targets is empty"):
+        ensure_tiny_library(base, str(tmp_path), num_adapters=2, targets=[])
+
+
+
+
+@with_tokenizers
 def test_tiny_causal_model_is_seeded_frozen_and_uses_the_real_tokenizer(architecture):
     base = tiny_causal(architecture)
     again = build_tiny_causal(architecture, str(TOKENIZERS_DIR))

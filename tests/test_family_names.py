@@ -51,7 +51,6 @@ def test_no_t5_module_name_outside_the_family_module():
 def test_the_router_takes_its_streams_from_the_family(tiny_bank):
     """T5's entry: three streams on two modules; the router hooks exactly those modules and pools each linear's
     gate as its stream says (causal: per position; bidirectional: one vector per example over valid tokens)."""
-    import pytest
     import torch
 
     from mole_exp.base.family import CAUSAL_FAMILY, T5_FAMILY, Stream

@@ -365,12 +365,11 @@ def test_a_run_fitted_several_times_needs_its_unit(tiny_runs, tmp_path):
 
 @needs_lm_eval
 def test_an_unsupported_family_is_one_clear_error(tiny_base):
+    from mole_exp.base.family import CAUSAL_FAMILY
     from mole_exp.composers.no_experts import BaseOnlyComposer
     from mole_exp.harness.backends import backend_for
     from mole_exp.harness.composed import Composed
     from mole_exp.harness.lm import ComposedLM
-
-    from mole_exp.base.family import CAUSAL_FAMILY
 
     assert backend_for(tiny_base.family) == "seq2seq" and backend_for(CAUSAL_FAMILY) == "causal"
     other = replace(tiny_base.family, name="rwkv", model_types=("rwkv",))

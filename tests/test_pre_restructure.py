@@ -203,5 +203,5 @@ def test_the_expert_library_key_does_not_depend_on_module_paths():
     base = build_tiny(str(TOKENIZER_DIR))
     datasets = ["copy", "reverse"]
     _, key = library_settings(base.model_id, weights_fingerprint(base.model), task, datasets, adapter_plan(task, datasets, None),
-                              False, LoraSettings(), TrainSettings(), seed=0)
+                              False, LoraSettings().resolved(base), TrainSettings(), seed=0)  # the defaults, as a T5 run resolves them
     assert key == RECORD["spec_keys"]["expert_library"]

@@ -230,3 +230,24 @@ def family_for(model: nn.Module) -> ModelFamily:
             return family
     known = [t for f in FAMILIES for t in f.model_types]
     raise ValueError(f"model_type {model_type!r} is not supported; supported model types: {known}")
+
+
+# The linears a LoRA adapts when a config names none (`targets: null` in conf/experts/tiny.yaml and
+# conf/train_experts.yaml): PEFT's own default for the model type, and where PEFT has none (Phi-3 in peft 0.21), the
+# fused attention projection that holds the query and value.
+DEFAULT_LORA_TARGETS_BEYOND_PEFT = {"phi3": ("qkv_proj",)}
+
+
+def default_lora_targets(model: nn.Module) -> list[str]:
+    """T5: [q, v]; Llama, Qwen2, Mistral: [q_proj, v_proj] (peft.utils.constants' mapping); Phi-3: [qkv_proj]."""
+    family_for(model)  # an unsupported model type is refused first, naming the supported ones
+    return default_lora_targets_for(model.config.model_type)
+
+
+def default_lora_targets_for(model_type: str) -> list[str]:
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type) or DEFAULT_LORA_TARGETS_BEYOND_PEFT.get(model_type)
+    if not targets:
+        raise ValueError(f"no default LoRA targets for model_type {model_type!r}; name them (e.g. experts.tiny.targets=[...])")
+    return list(targets)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from mole_exp.base.family import default_lora_targets
 from mole_exp.base.models import BaseModel, weights_fingerprint
 from mole_exp.experts.library import MANIFEST
 from mole_exp.files import build_folder
@@ -24,15 +25,21 @@ def ensure_tiny_library(
     base: BaseModel,
     library_dir: str,
     *,
-    targets: list[str] | tuple[str, ...],
+    targets: list[str] | tuple[str, ...] | None = None,
     num_adapters: int = 8,
     rank: int = 4,
     alpha: int = 8,
     seed: int = 0,
 ) -> Path:
     """A library of seeded random PEFT LoRA adapters for a tiny base, generated on first use and cached.
-    `targets`: the adapted linears' short names, as the experts config writes them (conf/experts/tiny.yaml)."""
+    `targets`: the adapted linears' short names, as the experts config writes them (conf/experts/tiny.yaml); None: the
+    family's default (`family.default_lora_targets`: T5 [q, v], Llama/Qwen2/Mistral [q_proj, v_proj]), resolved before
+    the cache key is taken, so `targets: null` and the names it resolves to share one library."""
     from peft import LoraConfig, get_peft_model
+
+    if targets is not None and not list(targets):
+        raise ValueError("experts.tiny.targets is empty; name the projections to adapt (e.g. [q, v]) or null for the family's default")
+    targets = list(targets) if targets is not None else default_lora_targets(base.model)
 
     spec = {"base_model_id": base.model_id, "n": num_adapters, "r": rank, "alpha": alpha, "targets": list(targets), "seed": seed}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]

@@ -26,10 +26,11 @@ import logging
 import os
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from mole_exp.base.family import default_lora_targets
 from mole_exp.base.models import BaseModel, weights_fingerprint
 from mole_exp.evaluation.evaluator import GenerationSettings, score_examples
 from mole_exp.evaluation.metrics import get_metric
@@ -52,15 +53,20 @@ class LoraSettings:
     rank: int = 16
     alpha: int = 32
     dropout: float = 0.1
-    targets: list[str] = field(default_factory=lambda: ["q", "v"])
+    targets: list[str] | None = None  # None: the family's default (base/family.py default_lora_targets), set by `resolved`
 
     def validate(self) -> None:
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"experts_training.lora.rank={self.rank!r} must be a positive integer")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"experts_training.lora.dropout={self.dropout!r} must lie in [0, 1)")
-        if not self.targets:
-            raise ValueError("experts_training.lora.targets is empty; name the projections to adapt, e.g. [q, v]")
+        if self.targets is not None and not self.targets:
+            raise ValueError("experts_training.lora.targets is empty; name the projections to adapt, e.g. [q, v], or null for the family's default")
+
+    def resolved(self, base: BaseModel) -> LoraSettings:
+        """These settings with `targets` named: null becomes the base family's default (T5 [q, v], Llama/Qwen2/Mistral
+        [q_proj, v_proj]) before the library's key is taken, so null and the names it resolves to share one library."""
+        return self if self.targets is not None else replace(self, targets=default_lora_targets(base.model))
 
 
 def expert_seed(seed: int, dataset: str) -> int:
@@ -167,6 +173,7 @@ def train_library(
     Without `library_dir` the library goes to `libraries_root/<suite>-<settings key>`."""
     lora, train = lora or LoraSettings(), train or TrainSettings()
     lora.validate()
+    lora = lora.resolved(base)
     train.validate("experts_training.train")
     generation = generation or GenerationSettings(progress=False)
     datasets = list(task.dataset_names if datasets is None else datasets)

@@ -160,7 +160,13 @@ def run_peers(args, build_base: Callable[..., BaseModel] | None = None,
     from mole_exp.files import write_atomic
     from mole_exp.tools.bench.measure import device_description
     from mole_exp.tools.bench.variants import reading_cfg
-    from mole_exp.tools.bench.workload import build_bench_model, make_batch, random_bank, target_module_names, target_sets
+    from mole_exp.tools.bench.workload import (
+        build_bench_model,
+        make_batch,
+        random_bank,
+        target_module_names,
+        target_sets,
+    )
 
     device = torch.device(args.device)
     if args.threads:
