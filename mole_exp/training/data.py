@@ -62,19 +62,37 @@ class EpochShuffleSampler(Sampler[int]):
 
 
 class ResumableDataLoader(DataLoader):
-    """A DataLoader that resumes mid-epoch: its state is the number of batches served this epoch.
+    """A DataLoader that resumes mid-epoch: its state is the sampler's epoch and the batches served in it.
 
     Lightning saves `state_dict()` in checkpoints and calls `load_state_dict()` on resume; the next
-    iteration then skips the batches the interrupted run had already trained on.
+    iteration then skips the batches the interrupted run had already trained on, if it is that same epoch.
+
+    Why the epoch: a checkpoint saved in on_train_batch_end at an epoch's last batch holds every batch of
+    that epoch as served, and on resume Lightning (FitLoop.reset, the `restarted_on_train_batch_end ...
+    is_last_batch` case) counts the epoch as done and starts the next one. Skipping the saved count there
+    would empty the next epoch, which Lightning then ends without a step: a whole epoch's data order lost.
+    The skip therefore applies only when the sampler (set by Lightning before each epoch's first batch) is
+    at the epoch the count was saved in. The sampler needs an `epoch` attribute (EpochShuffleSampler).
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        if not hasattr(self.sampler, "epoch"):
+            raise TypeError(
+                f"ResumableDataLoader needs a sampler with an `epoch` attribute (set_epoch), such as EpochShuffleSampler; "
+                f"got {type(self.sampler).__name__}"
+            )
         self._served = 0
-        self._skip = 0
+        self._resume_at: tuple[int | None, int] | None = None  # (epoch, batches served) from a checkpoint
 
     def __iter__(self):
-        skip, self._skip = self._skip, 0
+        # the body runs at the first batch, after Lightning's set_epoch for this epoch
+        epoch, skip = self._resume_at or (None, 0)
+        self._resume_at = None
+        if epoch is None and skip >= len(self):  # a checkpoint without its epoch (older code), taken at an epoch's end
+            skip = 0
+        elif epoch is not None and epoch != self.sampler.epoch:  # Lightning moved on to the next epoch
+            skip = 0
         self._served = 0
         for index, batch in enumerate(super().__iter__()):
             self._served += 1
@@ -82,10 +100,10 @@ class ResumableDataLoader(DataLoader):
                 yield batch
 
     def state_dict(self) -> dict[str, int]:
-        return {"served": self._served}
+        return {"epoch": int(self.sampler.epoch), "served": self._served}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self._skip = int(state["served"])
+        self._resume_at = (int(state["epoch"]) if "epoch" in state else None, int(state["served"]))
 
 
 def train_loader(
