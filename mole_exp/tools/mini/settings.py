@@ -11,7 +11,8 @@ The small base is pretrained once (its own seed and data pool) and shared by eve
 Two model families (`--families`): `t5` (model=small_synthetic, every study) and `causal` (model=small_synthetic_causal,
 a Llama-shaped decoder-only base with Llama 3's real tokenizer: Table 3's study and the two-skill task, with PEFT's
 X-LoRA and Arrow beside the composers). The causal base is sized down: its 128,256-token head makes every training
-step ~4x a T5 step of the same batch on a CPU (measured: 0.38 s for a LoRA step of batch 12, 1 thread, idle).
+step ~4x a T5 step of the same batch on a CPU (measured: 0.38 s for a LoRA step of batch 12, 1 thread, idle): two seeds,
+fewer steps, ~25 min from scratch on 2 idle cores (estimate from measured pieces: README "The mini reproduction").
 """
 
 from __future__ import annotations
