@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         own = {k.removeprefix("t5: "): v for k, v in timings.items() if not k.startswith("causal: ")}
         own["4. figures"] = time.perf_counter() - started
         # the report adds its own stage (claims, intervals, tables) and the total to the timings
-        pages.append(write_report(docs / f"{prefix.rstrip('_')}.md", t5.settings, t5.plan, [o for o in outcomes if ":" not in o.key],
+        pages.append(write_report(docs / f"{prefix.rstrip('_')}.md", t5.settings, t5.plan, [o for o in outcomes if o.key in {r.key for r in t5.plan.runs}],
                                   t5.manifests, t5.libraries, t5.base_info, figures, own, command, out))
     if "causal" in families or not complete_t5:
         pages.append(write_families_report(docs / families_page_name("fast" if args.fast else "full"), families, outcomes, dict(timings),

@@ -19,7 +19,7 @@ from mole_exp.tools.mini.claims import claims_section, evaluate, make_claims
 from mole_exp.tools.mini.history import history_section
 from mole_exp.tools.mini.plan import CONTROL_LABELS, RANDOM_LIBRARY, Plan
 from mole_exp.tools.mini.runner import Outcome
-from mole_exp.tools.mini.settings import MiniSettings
+from mole_exp.tools.mini.settings import FAMILIES, MiniSettings
 from mole_exp.training.provenance import code_version
 
 log = logging.getLogger(__name__)
@@ -286,6 +286,9 @@ def write_families_report(page: Path, families: dict[str, FamilyRun], outcomes: 
         *(["**This is the `--fast` variant** (tiny sizes, a few steps, one seed: the test suite's smoke run). Its numbers are "
            "not results; it shows that every section is made."] if fast else []),
         *_code_note({k: v for f in families.values() for k, v in run_code_versions(f.plan).items()}),
+        *([f"**Only the {', '.join(tables.FAMILY_LABELS.get(n, n) for n in families)} family ran in this invocation**; both "
+           "columns come from one run of `python scripts/reproduce_mini.py --families t5,causal` (`make reproduce-mini`; "
+           "`--studies table3,compose` for these two studies alone)."] if len(families) < len(FAMILIES) else []),
         "## Composers and controls on both families",
         "Each family: its own small base pretrained on the synthetic family, its own expert libraries (one LoRA per task and "
         "seed, the same recipe), the same synthetic tasks, composers, controls and evaluation. `mixture average`: the mean EM "
