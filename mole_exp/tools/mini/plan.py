@@ -14,8 +14,8 @@ records the three axes in `facts` and in its config. Studies:
                remaining experts (Figure 8)
 A family's `peers` (the causal family: PEFT's X-LoRA and Arrow) join table3 and compose. A family runs its own
 studies (settings.studies), or those of them asked for (`studies=`). A composer that is not registered
-(mole_exp.composers.COMPOSERS), has no conf/composer/<name>.yaml, or does not run on the family's base yet, is
-not run; the plan records why, and the tables show it.
+(mole_exp.composers.COMPOSERS) or has no conf/composer/<name>.yaml is not run; the plan records why, and the
+tables show it.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class Plan:
         return [r for r in self.runs if r.study == name]
 
 
-def available_composers(names: tuple[str, ...], conf_dir: Path, family: str = "t5") -> tuple[list[str], dict[str, str]]:
+def available_composers(names: tuple[str, ...], conf_dir: Path) -> tuple[list[str], dict[str, str]]:
     from mole_exp.composers import COMPOSERS
 
     usable, skipped = [], {}
@@ -78,22 +78,9 @@ def available_composers(names: tuple[str, ...], conf_dir: Path, family: str = "t
             skipped[name] = f"composer {name!r} is not registered in mole_exp.composers.COMPOSERS"
         elif not (conf_dir / "composer" / f"{name}.yaml").exists():
             skipped[name] = f"no conf/composer/{name}.yaml"
-        elif family == "causal" and (why := causal_refusal(name)):
-            skipped[name] = why
         else:
             usable.append(name)
     return usable, skipped
-
-
-def causal_refusal(name: str) -> str | None:
-    """Why a registered composer does not run on a decoder-only base yet (composers/base.py's CAUSAL_READY, while
-    some composers refuse causal bases), or None."""
-    from mole_exp.composers import base
-
-    ready = getattr(base, "CAUSAL_READY", None)
-    if ready is None or name in ready:
-        return None
-    return f"composer {name!r} does not run on decoder-only bases yet (composers/base.py runs {list(ready)} there)"
 
 
 def chosen_studies(settings: MiniSettings, studies: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -124,7 +111,7 @@ def make_plan(settings: MiniSettings, libraries: dict[int, Path], out_dir: Path,
     table3_composers, compose_composers = TABLE3_COMPOSERS + settings.peers, COMPOSE_COMPOSERS + settings.peers
     all_composers = tuple(dict.fromkeys(table3_composers + compose_composers + COUNT_COMPOSERS + MASK_COMPOSERS
                                         + tuple(CONTROL_COMPOSERS[c] for c in settings.controls)))
-    usable, skipped = available_composers(all_composers, conf_dir, settings.family)
+    usable, skipped = available_composers(all_composers, conf_dir)
     runs: list[RunSpec] = []
 
     def add(study: str, label: str, seed: int, composer: str, task: str, extra_overrides: tuple[str, ...] = (), needs=None,
