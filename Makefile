@@ -34,8 +34,8 @@ eval:  ## eval.py with the .venv: make eval ARGS="checkpoint=<run folder> 'compo
 lint:
 	$(BIN)/ruff check mole_exp scripts tests train.py eval.py
 
-reproduce-mini:  ## the paper's NLP studies in miniature with controls and intervals, offline: small pretrained T5 + synthetic tasks, 3 seeds (~21 min on 2 idle CPU cores from scratch, est.; 72 min measured on 2 shared cores) -> docs/reproduce_mini.md, docs/figures/
-	HF_HUB_OFFLINE=1 $(BIN)/python scripts/reproduce_mini.py
+reproduce-mini:  ## the paper's NLP studies in miniature with controls and intervals, offline: small pretrained T5 + synthetic tasks, 3 seeds, and the decoder-only family's Table-3 study with X-LoRA and Arrow (see README "The mini reproduction" for times) -> docs/reproduce_mini.md, docs/reproduce_mini_families.md, docs/figures/
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/reproduce_mini.py --families t5,causal
 
 bench:  ## MoLE step time / memory vs the base, the per-expert loop and PEFT (tiny shape on CPU; use --device cuda --model flan-t5-large on a GPU)
 	$(BIN)/python scripts/bench_mole.py --model tiny --device cpu --experts 8,24,48,128 --targets qv

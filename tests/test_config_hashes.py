@@ -17,7 +17,7 @@ def test_the_table_covers_every_member_there_is_now():
     assert set(paper_members()) | set(mini_members()) == set(RECORDED)
 
 
-@pytest.mark.parametrize("kind", ["paper", "mini/fast", "mini/full"])
+@pytest.mark.parametrize("kind", ["paper", "mini/fast", "mini/full", "mini/causal_fast", "mini/causal_full"])
 def test_every_member_composes_to_its_recorded_hash(kind):
     members = {k: v for k, v in {**paper_members(), **mini_members()}.items() if k.startswith(kind + "/") or k.startswith(kind + "#")}
     assert members

@@ -12,8 +12,10 @@ records the three axes in `facts` and in its config. Studies:
 - count:       experts.count below all (a seeded random subset) for NLA, LoRAHub, PEMs, MoLE (Table 6)
 - mask:        the trained MoLE of table3 re-evaluated with one expert masked (mode=eval), and NLA over the
                remaining experts (Figure 8)
-A composer that is not registered (mole_exp.composers.COMPOSERS) or has no conf/composer/<name>.yaml is not
-run; the plan records why, and the tables show it.
+A family's `peers` (the causal family: PEFT's X-LoRA and Arrow) join table3 and compose. A family runs its own
+studies (settings.studies), or those of them asked for (`studies=`). A composer that is not registered
+(mole_exp.composers.COMPOSERS) or has no conf/composer/<name>.yaml is not run; the plan records why, and the
+tables show it.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mole_exp.tools.mini.settings import MiniSettings
+from mole_exp.tools.mini.settings import STUDIES, MiniSettings
 
 MIXTURE_TASK = "synthetic"
 COMPOSE_TASK = "synthetic_compose"
+TWO_SKILL = "reverse_shift"  # the one dataset of COMPOSE_TASK (conf/task/synthetic_compose.yaml)
 TABLE3_COMPOSERS = ("single", "nla", "lorahub", "pems", "mixer", "mole")
 COMPOSE_COMPOSERS = ("nla", "lorahub", "pems", "mixer", "mole")  # no expert matches the two-skill task: no single
 COUNT_COMPOSERS = ("nla", "lorahub", "pems", "mole")
@@ -50,10 +53,11 @@ class RunSpec:
     composer: str
     needs: Path | None = None  # a run whose checkpoint this one evaluates (mask study)
     facts: dict = field(default_factory=dict, compare=False, hash=False)  # what the tables group by, and the seed axes
+    family: str = "t5"  # settings.family
 
     @property
     def key(self) -> str:
-        return f"{self.study}/{self.label}/seed{self.seed}"
+        return ("" if self.family == "t5" else f"{self.family}:") + f"{self.study}/{self.label}/seed{self.seed}"
 
 
 @dataclass
@@ -79,34 +83,51 @@ def available_composers(names: tuple[str, ...], conf_dir: Path) -> tuple[list[st
     return usable, skipped
 
 
+def chosen_studies(settings: MiniSettings, studies: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The studies of `settings` to plan: all of its own, or those of them named in `studies` (checked)."""
+    if studies is None:
+        return settings.studies
+    unknown = [s for s in studies if s not in STUDIES]
+    if unknown:
+        raise ValueError(f"mini reproduction studies {unknown} unknown; known: {list(STUDIES)}")
+    if "mask" in studies and "table3" not in studies:
+        raise ValueError("study 'mask' re-evaluates table3's trained MoLE: ask for table3 with it (studies=table3,mask)")
+    return tuple(s for s in settings.studies if s in studies)
+
+
 def seed_axes(seed: int) -> dict[str, int]:
     """What seed k re-draws (settings.py): recorded in every run's facts."""
     return {"library_seed": seed, "data_seed": seed, "composer_seed": seed}
 
 
-def make_plan(settings: MiniSettings, libraries: dict[int, Path], out_dir: Path, conf_dir: Path, extra: tuple[str, ...] = ()) -> Plan:
-    """Every run of every study, for every seed (`libraries`: seed -> its expert library); `extra` overrides go
-    to all of them (e.g. paths)."""
+def make_plan(settings: MiniSettings, libraries: dict[int, Path], out_dir: Path, conf_dir: Path, extra: tuple[str, ...] = (),
+              studies: tuple[str, ...] | None = None) -> Plan:
+    """Every run of the family's studies (or of those of them in `studies`), for every seed (`libraries`: seed ->
+    its expert library); `extra` overrides go to all of them (e.g. paths)."""
+    wanted = chosen_studies(settings, studies)
     missing = [s for s in settings.seeds if s not in libraries]
     if missing:
         raise ValueError(f"no expert library for seeds {missing} (one library per seed: each seed re-draws the library)")
-    all_composers = tuple(dict.fromkeys(TABLE3_COMPOSERS + COMPOSE_COMPOSERS + COUNT_COMPOSERS + MASK_COMPOSERS
+    table3_composers, compose_composers = TABLE3_COMPOSERS + settings.peers, COMPOSE_COMPOSERS + settings.peers
+    all_composers = tuple(dict.fromkeys(table3_composers + compose_composers + COUNT_COMPOSERS + MASK_COMPOSERS
                                         + tuple(CONTROL_COMPOSERS[c] for c in settings.controls)))
     usable, skipped = available_composers(all_composers, conf_dir)
     runs: list[RunSpec] = []
 
     def add(study: str, label: str, seed: int, composer: str, task: str, extra_overrides: tuple[str, ...] = (), needs=None,
             experts: tuple[str, ...] | None = None, **facts):
+        if study not in wanted:
+            return None
         library = libraries[seed]
         experts = experts or ("experts=library", f"experts.library_dir={library}")
         only = (f"task.only=[{','.join(settings.tasks)}]",) if task == MIXTURE_TASK else ()
-        overrides = ("model=small_synthetic", *settings.model, *experts, *settings.compose, *extra, f"task={task}", *only,
+        overrides = (f"model={settings.model_option}", *settings.model, *experts, *settings.compose, *extra, f"task={task}", *only,
                      *settings.data, f"task.args.data_seed={seed}", f"composer={composer}", *COMPOSER_OVERRIDES.get(composer, ()),
                      *extra_overrides, f"seed={seed}")
         if composer == "mole" and not any(o.startswith("composer/gate=") for o in extra_overrides):
             overrides = (*overrides, f"composer/gate={settings.default_granularity}")
         run_dir = out_dir / "runs" / study / label.replace(" ", "_").replace("(", "").replace(")", "") / f"seed{seed}"
-        runs.append(RunSpec(study, label, seed, overrides, run_dir, composer, needs, {**facts, **seed_axes(seed)}))
+        runs.append(RunSpec(study, label, seed, overrides, run_dir, composer, needs, {**facts, **seed_axes(seed)}, settings.family))
         return run_dir
 
     def add_controls(study: str, seed: int, task: str) -> None:
@@ -122,10 +143,10 @@ def make_plan(settings: MiniSettings, libraries: dict[int, Path], out_dir: Path,
 
     for seed in settings.seeds:
         table3 = {}
-        for composer in (c for c in TABLE3_COMPOSERS if c in usable):
+        for composer in (c for c in table3_composers if c in usable):
             table3[composer] = add("table3", composer, seed, composer, MIXTURE_TASK)
         add_controls("table3", seed, MIXTURE_TASK)
-        for composer in (c for c in COMPOSE_COMPOSERS if c in usable):
+        for composer in (c for c in compose_composers if c in usable):
             add("compose", composer, seed, composer, COMPOSE_TASK)
         add_controls("compose", seed, COMPOSE_TASK)
         if "mole" in usable:

@@ -64,7 +64,7 @@ def _worker_setup(threads: int, level: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-TRAINED = ("mole", "mixer", "fresh_lora")  # minutes each at full size
+TRAINED = ("mole", "mixer", "fresh_lora", "xlora")  # minutes each at full size
 SEARCHED = ("lorahub", "pems")  # seconds
 
 

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,13 +76,18 @@ def _plain(node: Any) -> dict[str, Any]:
     return dict(OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node)
 
 
+DATA_KEYS = ("objective", "kinds", "examples_per_kind", "data_seed", "alphabet_size", "min_length", "max_length", "noise_density")
+
+
 def pretraining_spec(
-    architecture: dict[str, Any], pretrain: dict[str, Any], seed: int, dtype: str, vocab_size: int
+    architecture: dict[str, Any], pretrain: dict[str, Any], seed: int, dtype: str, vocab_size: int, data_keys: tuple[str, ...] = DATA_KEYS
 ) -> tuple[dict[str, Any], TrainSettings]:
     """Every setting the pretrained weights depend on (hashed into the cache key), and the training settings."""
     pretrain = _plain(pretrain)
-    data = {k: pretrain.pop(k) for k in ("objective", "kinds", "examples_per_kind", "data_seed", "alphabet_size",
-                                           "min_length", "max_length", "noise_density")}
+    missing = [k for k in data_keys if k not in pretrain]
+    if missing:
+        raise ValueError(f"model.pretrain lacks {missing}; it needs {list(data_keys)} and the training settings")
+    data = {k: pretrain.pop(k) for k in data_keys}
     settings = TrainSettings(**pretrain)
     settings.validate("model.pretrain")
     spec = {"architecture": dict(_plain(architecture)), "data": data, "train": dict(vars(settings)), "seed": seed, "dtype": dtype,
@@ -122,21 +128,37 @@ def build_small_synthetic(
         f"small-synthetic-t5-d{a.get('d_model')}-l{a.get('num_layers')}x{a.get('num_decoder_layers')}"
         f"-{data['objective']}{settings.steps}-seed{seed}-{key}"
     )
-    folder = Path(os.path.expanduser(str(cache_dir))) / key
-    if (folder / SETTINGS_FILE).exists():
+    folder, done = cached(cache_dir, key)
+    if done:
         log.info("small base %s: cached at %s", model_id, folder)
+    pretrain_into_cache(lambda: build_tiny(tokenizer_dir, seed=seed, dtype=dtype, **architecture), spec, settings, seed, model_id, folder)
+    return _load_cached(folder, tokenizer, model_id)
 
-    def build(staging: Path) -> None:  # under the folder's lock: a parallel builder of the same base waits for this one
-        log.info("small base %s: pretraining (%s, %d steps); cached afterwards at %s", model_id, data["objective"], settings.steps, folder)
-        fresh = build_tiny(tokenizer_dir, seed=seed, dtype=dtype, **architecture)
-        model = fresh.model
+
+def pretrain_into_cache(fresh: Callable[[], BaseModel], spec: dict[str, Any], settings: TrainSettings, seed: int, model_id: str,
+                        folder: Path) -> Path:
+    """`folder` holding the pretrained base, built once: every weight of a freshly built base (`fresh()`) pretrained on
+    `spec`'s examples (its text format's objective: T5's target given the source, a causal LM's completion given the
+    prompt), written with its settings in a staging folder renamed into place (files.build_folder): a crash leaves
+    no half base, and a parallel builder of the same base waits for this one."""
+
+    def build(staging: Path) -> None:
+        log.info("small base %s: pretraining (%s, %d steps); cached afterwards at %s", model_id, spec["data"]["objective"],
+                 settings.steps, folder)
+        base = fresh()
+        model = base.model
         for parameter in model.parameters():
             parameter.requires_grad_(True)
-        examples = pretraining_examples(**data)
-        report = fit_seq2seq(model, fresh.tokenizer, examples, settings, seed, what=f"pretraining {model_id}")
+        examples = pretraining_examples(**spec["data"])
+        report = fit_seq2seq(model, base.tokenizer, examples, settings, seed, what=f"pretraining {model_id}")
         freeze(model)
         model.save_pretrained(str(staging))
         (staging / SETTINGS_FILE).write_text(json.dumps({"model_id": model_id, **spec, "report": report}, indent=2))
 
-    build_folder(folder, build, finished=lambda f: (f / SETTINGS_FILE).exists(), what="small base")
-    return _load_cached(folder, tokenizer, model_id)
+    return build_folder(folder, build, finished=lambda f: (f / SETTINGS_FILE).exists(), what="small base")
+
+
+def cached(cache_dir: str, key: str) -> tuple[Path, bool]:
+    """The cache folder of a base, and whether a finished base is there."""
+    folder = Path(os.path.expanduser(str(cache_dir))) / key
+    return folder, (folder / SETTINGS_FILE).exists()

@@ -24,7 +24,7 @@ from mole_exp.reporting.intervals import (
     paired_run_scores,
     run_scores,
 )
-from mole_exp.tools.mini.plan import COMPOSE_TASK, MIXTURE_TASK, Plan, RunSpec
+from mole_exp.tools.mini.plan import COMPOSE_TASK, MIXTURE_TASK, TWO_SKILL, Plan, RunSpec
 
 NO_RUN = "—"
 BETTER, WORSE = "↑", "↓"
@@ -149,7 +149,7 @@ def composer_table(plan: Plan, datasets: list[str], scores: Scores | None = None
 
 def compose_table(plan: Plan, scores: Scores | None = None) -> str:
     """Every composer and control on the held-out two-skill task (marks against MoLE)."""
-    return dataset_table(by_label(plan.study("compose")), ["reverse_shift"], COMPOSE_TASK, scores, "mole")
+    return dataset_table(by_label(plan.study("compose")), [TWO_SKILL], COMPOSE_TASK, scores, "mole")
 
 
 def balance_table(plan: Plan, datasets: list[str], scores: Scores | None = None) -> str:
@@ -242,3 +242,26 @@ def random_library_table(folders: dict[int, Path]) -> str:
                         ratios[key].append(found[key] / real[key])
         rows.append([str(seed), manifest["match"], *(f"{statistics.fmean(v):.3f}" if v else NO_RUN for v in ratios.values())])
     return markdown(["seed", "matched", "mean ‖A'‖/‖A‖", "mean ‖B'‖/‖B‖", "mean ‖s B'A'‖/‖s BA‖"], rows)
+
+
+FAMILY_LABELS = {"t5": "T5", "causal": "decoder-only"}
+
+
+def families_table(plans: dict[str, Plan], datasets: dict[str, list[str]], scores: Scores | None = None) -> str:
+    """The families side by side: one row per composer or control, per family (`plans`: family -> its plan,
+    `datasets`: family -> its mixture's tasks) two columns: the mixture average (Table 3's study) and the held-out
+    two-skill task; ↑ / ↓ against that family's MoLE. A composer a family did not run shows `—`."""
+    columns = {family: (by_label(plan.study("table3")), by_label(plan.study("compose"))) for family, plan in plans.items()}
+    labels = list(dict.fromkeys(label for mixture, two_skill in columns.values() for label in (*mixture, *two_skill)))
+    header = ["composer"]
+    for family in plans:
+        name = FAMILY_LABELS.get(family, family)
+        header += [f"{name}: mixture average", f"{name}: two-skill"]
+    rows = []
+    for label in labels:
+        row = [label]
+        for family, (mixture, two_skill) in columns.items():
+            row.append(cell(mixture[label], list(datasets[family]), scores, mixture.get("mole")) if label in mixture else NO_RUN)
+            row.append(cell(two_skill[label], [TWO_SKILL], scores, two_skill.get("mole")) if label in two_skill else NO_RUN)
+        rows.append(row)
+    return markdown(header, rows)
