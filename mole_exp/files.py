@@ -108,6 +108,8 @@ def build_folder(folder: str | Path, build: Callable[[Path], None], *, finished:
     with FileLock(str(folder.parent / f".{folder.name}.lock")):
         if finished(folder):  # built meanwhile by another process
             return folder
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):  # refused before the (long) build
+            raise FileExistsError(f"{folder} exists and holds no finished {what}; it is never overwritten: delete it or choose another folder")
         for stale in [p for p in folder.parent.iterdir() if p.name.startswith(prefix)]:
             shutil.rmtree(stale, ignore_errors=True)
         staging = staging_dir(folder.parent, prefix)

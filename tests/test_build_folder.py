@@ -53,8 +53,10 @@ def test_an_empty_folder_is_replaced_and_a_foreign_one_refused(tmp_path):
     assert finished(build_folder(tmp_path / "empty", write_done, finished=finished))
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "mine.txt").write_text("keep")
+    built = []
     with pytest.raises(FileExistsError, match=r"other exists and holds no finished cached thing; it is never overwritten"):
-        build_folder(tmp_path / "other", write_done, finished=finished, what="cached thing")
+        build_folder(tmp_path / "other", lambda staging: built.append(staging), finished=finished, what="cached thing")
+    assert built == []  # refused before the (long) build, not after it
     assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["mine.txt"]
 
 

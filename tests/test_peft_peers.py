@@ -202,8 +202,8 @@ def test_train_py_xlora_on_t5_is_refused_before_the_experts_load(tmp_path, monke
     ("options", "message"),
     [
         ({"top_k": 0}, r"composer.top_k=0 must be an integer >= 1"),
-        ({"router_temperature": 0.0}, r"composer.router_temperature=0.0 must be > 0"),
-        ({"router_temperature": "hot"}, r"composer.router_temperature=hot must be > 0"),
+        ({"router_temperature": 0.0}, r"composer.router_temperature=0.0 must be a number > 0"),
+        ({"router_temperature": "hot"}, r"composer.router_temperature='hot' must be a number > 0"),
         ({"use_gks": True}, r"composer.use_gks=true needs composer.general"),
         ({"general": [1]}, r"composer.general=\[1\] is read only with composer.use_gks=true"),
         ({"rng_seed": "x"}, r"composer.rng_seed='x' must be an integer or null"),
@@ -219,7 +219,7 @@ def test_bad_arrow_options(options, message):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"softmax_temperature": 0}, r"composer.softmax_temperature=0 must be > 0"),
+        ({"softmax_temperature": 0}, r"composer.softmax_temperature=0 must be a number > 0"),
         ({"top_k_lora": 0}, r"composer.top_k_lora=0 must be null \(dense\) or an integer >= 1"),
         ({"enable_softmax_topk": True}, r"composer.enable_softmax_topk=true needs composer.top_k_lora"),
         ({"xlora_depth": 0}, r"composer.xlora_depth=0 must be an integer >= 1"),
@@ -246,8 +246,14 @@ def test_a_layer_range_trimmed_bank_is_refused(tiny_base, cache_dir):
     from tests.conftest import tiny_experts_cfg
 
     bank = load_experts(tiny_experts_cfg(cache_dir, layer_range=[0.0, 0.4]), tiny_base)
+    state = {k: v.clone() for k, v in tiny_base.model.state_dict().items()}
+    modules = [name for name, _ in tiny_base.model.named_modules()]
     with pytest.raises(ValueError, match=r"composer=arrow: PEFT adapts the modules the adapter folders name.*experts.layer_range"):
         ArrowComposer(top_k=2).compose(tiny_base, bank)
+    # the refusal comes after PEFT loaded the folders: the failed compose unloads them again
+    assert [name for name, _ in tiny_base.model.named_modules()] == modules
+    assert tiny_base.model.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in tiny_base.model.state_dict().items())
 
 
 # ---------------------------------------------------------------- train.py end to end

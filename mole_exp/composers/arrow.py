@@ -52,7 +52,7 @@ class ArrowComposer(Composer):
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"composer.top_k={top_k!r} must be an integer >= 1 (the experts mixed per token)")
         if isinstance(router_temperature, bool) or not isinstance(router_temperature, (int, float)) or not router_temperature > 0:
-            raise ValueError(f"composer.router_temperature={router_temperature} must be > 0")
+            raise ValueError(f"composer.router_temperature={router_temperature!r} must be a number > 0")
         if rng_seed is not None and (isinstance(rng_seed, bool) or not isinstance(rng_seed, int)):
             raise ValueError(f"composer.rng_seed={rng_seed!r} must be an integer or null (PEFT's unseeded power iteration)")
         general = list(general or [])
@@ -83,7 +83,11 @@ class ArrowComposer(Composer):
         self.peft = create_arrow_model(  # loads the folders into LoRA layers of base.model, in place; router active
             base.model, [folders[i] for i in tasks], config, general_adapter_paths=[folders[i] for i in general] or None,
         )
-        check_same_modules(self.name, base.model, list(config.task_adapter_names) + list(config.gks_adapter_names), bank)
+        try:
+            check_same_modules(self.name, base.model, list(config.task_adapter_names) + list(config.gks_adapter_names), bank)
+        except BaseException:  # a refused bank leaves the base as it found it
+            self.release()
+            raise
         return []
 
     def release(self) -> None:

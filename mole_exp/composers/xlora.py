@@ -77,7 +77,7 @@ class XLoRAComposer(Composer):
         super().__init__(name=name, fit_per=fit_per)
         refuse_mask(self.name, mask)
         if not is_number(softmax_temperature) or softmax_temperature <= 0:
-            raise ValueError(f"composer.softmax_temperature={softmax_temperature} must be > 0")
+            raise ValueError(f"composer.softmax_temperature={softmax_temperature!r} must be a number > 0")
         if top_k_lora is not None and (not is_integer(top_k_lora) or top_k_lora < 1):
             raise ValueError(f"composer.top_k_lora={top_k_lora!r} must be null (dense) or an integer >= 1")
         if enable_softmax_topk and top_k_lora is None:
@@ -134,10 +134,14 @@ class XLoRAComposer(Composer):
         except BaseException:
             self._restore_cache()
             raise
-        check_same_modules(self.name, model, [str(i) for i in range(len(bank))], bank)
-        classifier = self.xlora.internal_xlora_classifier.to(device)
-        model.add_module(CLASSIFIER_ATTRIBUTE, classifier)  # so Lightning, the optimizer and checkpoints see it
-        self._wrap_forward(model)
+        try:
+            check_same_modules(self.name, model, [str(i) for i in range(len(bank))], bank)
+            classifier = self.xlora.internal_xlora_classifier.to(device)
+            model.add_module(CLASSIFIER_ATTRIBUTE, classifier)  # so Lightning, the optimizer and checkpoints see it
+            self._wrap_forward(model)
+        except BaseException:  # a compose that fails part way leaves the base as it found it
+            self.release()
+            raise
         return [p for p in classifier.parameters() if p.requires_grad]
 
     def _wrap_forward(self, model: nn.Module) -> None:
@@ -174,8 +178,10 @@ class XLoRAComposer(Composer):
         if self.peft is None:
             return
         model = self.base.model
-        del model.forward  # the class's forward again
-        delattr(model, CLASSIFIER_ATTRIBUTE)
+        if "forward" in model.__dict__:
+            del model.forward  # the class's forward again
+        if CLASSIFIER_ATTRIBUTE in model._modules:
+            delattr(model, CLASSIFIER_ATTRIBUTE)
         unload(self.peft)
         self._ledger.restore()
         self._restore_cache()

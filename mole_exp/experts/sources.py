@@ -26,7 +26,7 @@ class Library:
 
 
 def tiny(library_dir: str, tiny: dict[str, Any], base: BaseModel | None = None, **pool_options: Any) -> Library:
-    """Real PEFT adapters for the tiny T5, made by PEFT on first use (seeded) under `library_dir`. Without `base`
+    """Real PEFT adapters for the tiny bases (T5, Llama, Qwen2), made by PEFT on first use (seeded) under `library_dir`. Without `base`
     nothing is made: the adapters are named as the library names them, at the placeholder `tiny:<name>`."""
     if base is None:
         names = [tiny_expert_name(i) for i in range(int(tiny["num_adapters"]))]

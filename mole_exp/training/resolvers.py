@@ -15,17 +15,29 @@ def run_folder(checkpoint: str) -> str:
     return str(folder_of(checkpoint))
 
 
-# the in-process tiny bases' model types, read from the model config before any weights exist
-TINY_BUILDERS = {"mole_exp.base.models.build_tiny": "t5", "mole_exp.base.models.build_tiny_causal": None}  # None: `architecture`
+# the in-process bases' model types, read from the model config before any weights exist (None: its `architecture`)
+BUILT_IN_PROCESS = {
+    "mole_exp.base.models.build_tiny": "t5",
+    "mole_exp.tools.mini.small_base.build_small_synthetic": "t5",
+    "mole_exp.base.models.build_tiny_causal": None,
+    "mole_exp.tools.mini.small_causal_base.build_small_synthetic_causal": None,
+}
 
 
 def lora_targets(model_target: str, architecture: str | None = None) -> list[str] | None:
     """conf/experts/tiny.yaml's `targets`: the base's default LoRA targets (base/family.py default_lora_targets_for:
-    T5 [q, v], Llama/Qwen2 [q_proj, v_proj]) where the model config says what the base is (the tiny builders),
-    else null, which the tiny library resolves from the loaded model's type."""
-    if model_target not in TINY_BUILDERS:
+    T5 [q, v], Llama/Qwen2 [q_proj, v_proj]) where the model config says what the base is (the bases built in
+    process), else null, which the tiny library resolves from the loaded checkpoint's model type. (A config written
+    before targets could be null, with a Hub or local checkpoint and experts=tiny, recorded [q, v]: such a run's
+    hash differs from today's composition of its overrides, and `resume=true` starts it afresh.)"""
+    if model_target not in BUILT_IN_PROCESS:
         return None
-    return default_lora_targets_for(TINY_BUILDERS[model_target] or str(architecture))
+    if hasattr(architecture, "get"):  # small_synthetic_causal nests its shape: model.architecture.architecture
+        architecture = architecture.get("architecture")
+    model_type = BUILT_IN_PROCESS[model_target] or architecture
+    if not model_type:
+        raise ValueError(f"model config {model_target} names no `architecture`; the tiny library's default targets need it")
+    return default_lora_targets_for(str(model_type))
 
 
 RESOLVERS = {"folder_name": folder_name, "run_folder": run_folder, "eval_name": eval_name, "lora_targets": lora_targets}

@@ -72,10 +72,9 @@ def build_peer(name: str, gate_cfg: dict[str, Any] | None = None, top_k: int = 3
 def measure_peer(composer, base: BaseModel, bank: ExpertBank, batch: dict[str, torch.Tensor], device: torch.device,
                  precision: str, warmup: int, repeats: int, max_seconds: float) -> dict[str, Any]:
     record: dict[str, Any] = {}
-    composer.check_base(base)
-    trainable = composer.compose(base, bank)
     model = base.model
     try:
+        trainable = composer.compose(base, bank)  # inside the try: a compose that fails part way is released too
         record["trainable_params"] = int(sum(p.numel() for p in trainable))
         if trainable:
             optimizer = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=0.0)
@@ -146,9 +145,11 @@ def bench_peers(
             composer = build_peer(name, gate_cfg, top_k, alpha)
             log(f"peers: {name} on {base.model_id} ({len(bank)} experts)")
             try:
-                records[name] = {"status": "ok", **measure_peer(composer, base, library, batch, device, precision, warmup, repeats, max_seconds)}
+                composer.check_base(base)
             except ValueError as error:  # the composer refuses this family (e.g. X-LoRA on T5): recorded, the others go on
                 records[name] = {"status": "skipped", "reason": str(error)}
+                continue
+            records[name] = {"status": "ok", **measure_peer(composer, base, library, batch, device, precision, warmup, repeats, max_seconds)}
     return {"shape": shape, "peers": records}
 
 
@@ -166,6 +167,7 @@ def run_peers(args, build_base: Callable[..., BaseModel] | None = None,
         random_bank,
         target_module_names,
         target_sets,
+        training_inputs,
     )
 
     device = torch.device(args.device)
@@ -176,7 +178,7 @@ def run_peers(args, build_base: Callable[..., BaseModel] | None = None,
     base = (build_base(args, device, dtype) if build_base else
             build_bench_model(args.family, args.model, device, dtype, args.dropout, args.seed, args.layers, args.overrides))
     batch = (make_inputs(args, base, device) if make_inputs else
-             make_batch(base, args.batch, args.source_len, args.target_len, base.model.config.vocab_size, device, args.seed))
+             training_inputs(make_batch(base, args.batch, args.source_len, args.target_len, base.model.config.vocab_size, device, args.seed)))
     gate_cfg = {"granularity": args.granularity, "input_form": args.input_form, "scope": args.scope, "init_std": args.gate_init_std,
                 "temperature": {"init": 1.0, "learnable": True}, **reading_cfg(args.gate_readings[0])}
     out = Path(args.out) if args.out else Path("outputs/bench") / f"peers_{base.model_id}_{device.type}_{time.strftime('%Y%m%d-%H%M%S')}.json"

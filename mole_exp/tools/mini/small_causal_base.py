@@ -35,6 +35,14 @@ CAUSAL_OBJECTIVES = ("shuffled_tags", "tasks")
 CAUSAL_DATA_KEYS = tuple(k for k in DATA_KEYS if k != "noise_density")  # span corruption's only setting
 
 
+def architecture_name(architecture: dict[str, Any]) -> str:
+    """model.architecture.architecture (llama | qwen2), checked."""
+    name = architecture.get("architecture")
+    if name not in TINY_CAUSAL:
+        raise ValueError(f"model.architecture.architecture={name!r} is not one of {sorted(TINY_CAUSAL)}")
+    return name
+
+
 def causal_spec(architecture: dict[str, Any], pretrain: dict[str, Any], seed: int, dtype: str, vocab_size: int):
     """small_base.pretraining_spec for a causal base: the objective checked, the family and tokenizer added to the key."""
     architecture, pretrain = _plain(architecture), _plain(pretrain)
@@ -42,9 +50,7 @@ def causal_spec(architecture: dict[str, Any], pretrain: dict[str, Any], seed: in
     if objective not in CAUSAL_OBJECTIVES:
         raise ValueError(f"model.pretrain.objective={objective!r}: a causal base takes one of {list(CAUSAL_OBJECTIVES)} "
                          "(span_corruption is T5's denoising objective, with sentinel tokens)")
-    name = architecture.get("architecture")
-    if name not in TINY_CAUSAL:
-        raise ValueError(f"model.architecture.architecture={name!r} is not one of {sorted(TINY_CAUSAL)}")
+    name = architecture_name(architecture)
     spec, settings = pretraining_spec(architecture, pretrain, seed, dtype, vocab_size, CAUSAL_DATA_KEYS)
     spec["family"], spec["tokenizer"] = "causal", TINY_CAUSAL[name]
     return spec, settings
@@ -73,9 +79,7 @@ def build_small_synthetic_causal(
     from transformers import AutoTokenizer
 
     architecture = _plain(architecture)
-    name = architecture.get("architecture")
-    if name not in TINY_CAUSAL:
-        raise ValueError(f"model.architecture.architecture={name!r} is not one of {sorted(TINY_CAUSAL)}")
+    name = architecture_name(architecture)
     tokenizer = bind_format(AutoTokenizer.from_pretrained(str(require_tokenizer(TINY_CAUSAL[name], tokenizer_dir))), causal=True)
     spec, settings = causal_spec(architecture, pretrain, seed, dtype, len(tokenizer))
     key = cache_key(spec)
