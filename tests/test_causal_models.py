@@ -144,10 +144,16 @@ def test_local_causal_checkpoint_loads_through_model_local(tmp_path):
 
 
 def test_hub_causal_model_offline_fails_with_the_hub_door_error(tmp_path, monkeypatch):
+    import huggingface_hub
+
     from mole_exp.base.hub import HubUnavailableError
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
-    with pytest.raises(HubUnavailableError, match="hf download Qwen/Qwen2.5-0.5B-Instruct"):
+    # offline mode, as users run it (HF_HUB_OFFLINE=1): no network timeouts here; the unreachable-Hub path is
+    # tests/test_hub_path.py's
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubUnavailableError, match=r"HF_HUB_OFFLINE=1 is set.*hf download Qwen/Qwen2.5-0.5B-Instruct"):
         load_pretrained("Qwen/Qwen2.5-0.5B-Instruct")
 
 
