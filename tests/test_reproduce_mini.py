@@ -28,7 +28,9 @@ def test_plan_covers_every_study_and_composes_into_valid_configs(tmp_path):
     assert studies == {"table3", "compose", "granularity", "balance", "count", "mask"}
     assert len({r.run_dir for r in plan.runs}) == len(plan.runs)  # every run its own folder
     controls = {"base", "fresh_lora", "mole (random library)"}
-    assert {r.label for r in plan.study("table3")} == {"single", "nla", "lorahub", "pems", "mixer", "mole"} | controls
+    peers = set(FAST.peers)  # PEFT's Arrow beside the composers (X-LoRA is decoder-only)
+    assert peers == {"arrow"}
+    assert {r.label for r in plan.study("table3")} == {"single", "nla", "lorahub", "pems", "mixer", "mole"} | controls | peers
     assert controls <= {r.label for r in plan.study("compose")}
     assert {r.facts["granularity"] for r in plan.study("granularity")} == set(FAST.granularities) - {FAST.default_granularity}
     masks = [r for r in plan.study("mask") if r.composer == "mole"]
@@ -102,7 +104,7 @@ def test_fast_reproduction_end_to_end(tmp_path, monkeypatch):
                   "Masking keeps the rest", "MoLE above MoLE over a random library", "MoLE above a fresh LoRA"):
         assert f"| {claim} | **" in page  # each claim has a verdict ...
     assert re.search(r"\| mole − nla, mixture average \| [+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\] \| 1 \|", page)  # ... and intervals
-    assert re.search(r"\| copy( \| \d+\.\d \[\d+\.\d, \d+\.\d\]( [↑↓])?){9} \|\n", page)  # table 3: 9 columns with intervals
+    assert re.search(r"\| copy( \| \d+\.\d \[\d+\.\d, \d+\.\d\]( [↑↓])?){10} \|\n", page)  # table 3: 10 columns with intervals
     for absolute in (str(tmp_path), str(ROOT), str(Path.home())):
         assert absolute not in page  # files named relative to the repository or to --out
     assert "`<out>/libraries/" in page

@@ -67,6 +67,7 @@ FULL = MiniSettings(
              "optimizer.lr=1.0e-3"),
     counts=(2, 4),
     temperatures=(2.0, 5.0, 10.0),
+    peers=("arrow",),  # PEFT's Arrow runs on T5 too (X-LoRA does not: composers/xlora.py)
 )
 
 FAST = MiniSettings(
@@ -84,6 +85,7 @@ FAST = MiniSettings(
     temperatures=(5.0,),
     granularities=("layer", "network"),
     resamples=200,
+    peers=("arrow",),
 )
 
 CAUSAL_EXPERTS = ("experts_training.lora.targets=[q_proj,v_proj]",)  # the T5 library's q/v, by the causal LM's names
